@@ -1,0 +1,36 @@
+"""DDPM (Ho et al. 2020) on CIFAR-10: the discrete DDPM objective and ancestral sampling."""
+
+from configs.default_cifar10_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs("vpsde")
+
+  training = config.training
+  training.continuous = False
+  training.objective = "ddpm"
+  training.reduce_mean = True
+
+  sampling = config.sampling
+  sampling.method = "pc"
+  sampling.predictor = "ancestral_sampling"
+  sampling.corrector = "none"
+
+  data = config.data
+  data.centered = True
+
+  config.model.update(
+    name="ddpm",
+    scale_by_sigma=False,
+    ema_rate=0.9999,
+    # Blocks.
+    normalization="GroupNorm",
+    nonlinearity="swish",
+    nf=128,
+    ch_mult=(1, 2, 2, 2),
+    num_res_blocks=2,
+    attn_resolutions=(16,),
+    resamp_with_conv=True,
+    conditional=True,
+  )
+  return config
