@@ -260,7 +260,8 @@ class subVPSDE(VPSDE):
 
   def sde(self, x, t):
     drift, _ = super().sde(x, t)
-    discount = -jnp.expm1(2.0 * self._log_mean_coeff(t))
+    # 1 - exp(-2 int_0^t beta); the log mean coefficient is -int_0^t beta / 2.
+    discount = -jnp.expm1(4.0 * self._log_mean_coeff(t))
     return drift, jnp.sqrt(self.beta(t) * discount)
 
   def marginal_prob(self, x0, t):
