@@ -1,4 +1,4 @@
-"""Sample-quality metrics: FID / KID / Inception Score (the FID Inception and the digits metric follow).
+"""Sample-quality metrics: FID / KID / Inception Score, the FID Inception-v3, and an offline digits metric.
 
 Four parts:
 - Metrics on features and logits, in float64 numpy: `frechet_distance` (FID, Heusel et al. 2017),
@@ -13,8 +13,19 @@ Four parts:
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+import pth_reader
 
 # ----------------------------------------------------------------------------------------------
 # Metrics on features and logits (float64 numpy).
@@ -170,3 +181,437 @@ def inception_score(logits: np.ndarray, num_splits: int = 10) -> tuple[float, fl
     kl = (p * (part - log_p_y)).sum(axis=1)
     scores.append(np.exp(kl.mean()))
   return float(np.mean(scores)), float(np.std(scores))
+
+
+# ----------------------------------------------------------------------------------------------
+# The FID Inception-v3.
+# ----------------------------------------------------------------------------------------------
+
+INCEPTION_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = (
+  "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + INCEPTION_FILENAME
+)
+INCEPTION_SHA256_PREFIX = (
+  "6726825d"  # torch-hub convention: the file name ends with its hash prefix
+)
+INCEPTION_SIZE = 299
+BATCH_NORM_EPS = 1e-3  # the TensorFlow graph's batch-norm epsilon
+
+
+def bilinear_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """The [size_out, size_in] matrix of 1-D bilinear resizing with half-pixel centres.
+
+  As torch's `F.interpolate(mode="bilinear", align_corners=False)` (no antialiasing): output pixel i
+  reads source coordinate s = max((i + 1/2) size_in / size_out - 1/2, 0) and mixes pixels floor(s) and
+  floor(s) + 1 (clamped to the edge) with weights 1 - frac(s), frac(s).
+  """
+  src = np.maximum((np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5, 0.0)
+  i0 = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
+  i1 = np.minimum(i0 + 1, size_in - 1)
+  frac = src - i0
+  matrix = np.zeros((size_out, size_in))
+  np.add.at(matrix, (np.arange(size_out), i0), 1.0 - frac)
+  np.add.at(matrix, (np.arange(size_out), i1), frac)
+  return matrix
+
+
+def resize_bilinear(images: jax.Array, size: int) -> jax.Array:
+  """Bilinear resize of [B, H, W, C] to [B, size, size, C] (torch's align_corners=False)."""
+  _, h, w, _ = images.shape
+  if (h, w) == (size, size):
+    return images
+  rows = jnp.asarray(bilinear_resize_matrix(h, size), images.dtype)
+  cols = jnp.asarray(bilinear_resize_matrix(w, size), images.dtype)
+  return jnp.einsum("yh,bhwc,xw->byxc", rows, images, cols, precision=jax.lax.Precision.HIGHEST)
+
+
+class _ConvBN(nn.Module):
+  """Convolution (no bias) + batch norm in inference mode + ReLU, with the batch norm folded in.
+
+  Folding: BN(conv(x, W)) = conv(x, W * s) + (beta - mean * s), s = gamma / sqrt(var + eps), so the
+  parameters are a kernel [kh, kw, C_in, C_out] and a bias [C_out] (see `inception_params_from_state_dict`).
+  """
+
+  features: int
+  kernel_size: tuple[int, int]
+  strides: int = 1
+  padding: tuple[int, int] = (0, 0)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (*self.kernel_size, x.shape[-1], self.features)
+    )
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    (ph, pw) = self.padding
+    y = jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=(self.strides, self.strides),
+      padding=((ph, ph), (pw, pw)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return nn.relu(y + bias)
+
+
+def _avg_pool_3x3_same(x: jax.Array) -> jax.Array:
+  """3x3 average pool, stride 1, padding 1, averaging over the pixels inside the image only."""
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
+
+
+def _max_pool_3x3(x: jax.Array, stride: int, pad: int) -> jax.Array:
+  return nn.max_pool(x, (3, 3), strides=(stride, stride), padding=((pad, pad), (pad, pad)))
+
+
+class _InceptionA(nn.Module):
+  pool_features: int
+
+  @nn.compact
+  def __call__(self, x):
+    b1 = _ConvBN(64, (1, 1), name="branch1x1")(x)
+    b5 = _ConvBN(48, (1, 1), name="branch5x5_1")(x)
+    b5 = _ConvBN(64, (5, 5), padding=(2, 2), name="branch5x5_2")(b5)
+    b3 = _ConvBN(64, (1, 1), name="branch3x3dbl_1")(x)
+    b3 = _ConvBN(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(b3)
+    b3 = _ConvBN(96, (3, 3), padding=(1, 1), name="branch3x3dbl_3")(b3)
+    bp = _ConvBN(self.pool_features, (1, 1), name="branch_pool")(_avg_pool_3x3_same(x))
+    return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class _InceptionB(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    b3 = _ConvBN(384, (3, 3), strides=2, name="branch3x3")(x)
+    bd = _ConvBN(64, (1, 1), name="branch3x3dbl_1")(x)
+    bd = _ConvBN(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
+    bd = _ConvBN(96, (3, 3), strides=2, name="branch3x3dbl_3")(bd)
+    return jnp.concatenate([b3, bd, _max_pool_3x3(x, 2, 0)], axis=-1)
+
+
+class _InceptionC(nn.Module):
+  channels_7x7: int
+
+  @nn.compact
+  def __call__(self, x):
+    c7 = self.channels_7x7
+    b1 = _ConvBN(192, (1, 1), name="branch1x1")(x)
+    b7 = _ConvBN(c7, (1, 1), name="branch7x7_1")(x)
+    b7 = _ConvBN(c7, (1, 7), padding=(0, 3), name="branch7x7_2")(b7)
+    b7 = _ConvBN(192, (7, 1), padding=(3, 0), name="branch7x7_3")(b7)
+    bd = _ConvBN(c7, (1, 1), name="branch7x7dbl_1")(x)
+    bd = _ConvBN(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_2")(bd)
+    bd = _ConvBN(c7, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(bd)
+    bd = _ConvBN(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd)
+    bd = _ConvBN(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd)
+    bp = _ConvBN(192, (1, 1), name="branch_pool")(_avg_pool_3x3_same(x))
+    return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class _InceptionD(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    b3 = _ConvBN(192, (1, 1), name="branch3x3_1")(x)
+    b3 = _ConvBN(320, (3, 3), strides=2, name="branch3x3_2")(b3)
+    b7 = _ConvBN(192, (1, 1), name="branch7x7x3_1")(x)
+    b7 = _ConvBN(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
+    b7 = _ConvBN(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
+    b7 = _ConvBN(192, (3, 3), strides=2, name="branch7x7x3_4")(b7)
+    return jnp.concatenate([b3, b7, _max_pool_3x3(x, 2, 0)], axis=-1)
+
+
+class _InceptionE(nn.Module):
+  """The last blocks. The FID graph's second one (Mixed_7c) pools with max instead of average."""
+
+  max_pool: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    b1 = _ConvBN(320, (1, 1), name="branch1x1")(x)
+    b3 = _ConvBN(384, (1, 1), name="branch3x3_1")(x)
+    b3 = jnp.concatenate(
+      [
+        _ConvBN(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3),
+        _ConvBN(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3),
+      ],
+      axis=-1,
+    )
+    bd = _ConvBN(448, (1, 1), name="branch3x3dbl_1")(x)
+    bd = _ConvBN(384, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
+    bd = jnp.concatenate(
+      [
+        _ConvBN(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd),
+        _ConvBN(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd),
+      ],
+      axis=-1,
+    )
+    pooled = _max_pool_3x3(x, 1, 1) if self.max_pool else _avg_pool_3x3_same(x)
+    bp = _ConvBN(192, (1, 1), name="branch_pool")(pooled)
+    return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+class FIDInceptionV3(nn.Module):
+  """The FID Inception-v3 (pytorch-fid's `fid_inception_v3`, the TF 2015-12-05 graph), inference only.
+
+  Its quirks, kept: the 3x3 average pools of the mixed blocks ignore padding (TensorFlow's
+  behaviour), Mixed_7c max-pools, inputs are resized to 299x299 bilinearly (half-pixel centres, no
+  antialias) and scaled from [0, 1] to [-1, 1]; batch norms (eps 1e-3) are folded into the convolutions.
+
+  Call: `model.apply({"params": params}, images)` with images [B, H, W, C] in [0, 1], C in {1, 3}
+  (one channel is repeated to three). Returns (pool3 [B, 2048], logits [B, num_classes]).
+  With `mutable=["intermediates"]` it also sows block0 (after the first max pool, [B, 73, 73, 64]),
+  block1 ([B, 35, 35, 192]), mixed_5b ([B, 35, 35, 256]), block2 ([B, 17, 17, 768]) and block3
+  ([B, 8, 8, 2048]).
+  """
+
+  num_classes: int = 1008
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+      raise ValueError(f"images must be [B, H, W, 1 or 3] in [0, 1], got shape {images.shape}")
+    x = images.astype(jnp.float32)
+    if x.shape[-1] == 1:
+      x = jnp.repeat(x, 3, axis=-1)
+    x = resize_bilinear(x, INCEPTION_SIZE)
+    x = 2.0 * x - 1.0
+    x = _ConvBN(32, (3, 3), strides=2, name="Conv2d_1a_3x3")(x)
+    x = _ConvBN(32, (3, 3), name="Conv2d_2a_3x3")(x)
+    x = _ConvBN(64, (3, 3), padding=(1, 1), name="Conv2d_2b_3x3")(x)
+    x = _max_pool_3x3(x, 2, 0)
+    self.sow("intermediates", "block0", x)
+    x = _ConvBN(80, (1, 1), name="Conv2d_3b_1x1")(x)
+    x = _ConvBN(192, (3, 3), name="Conv2d_4a_3x3")(x)
+    x = _max_pool_3x3(x, 2, 0)
+    self.sow("intermediates", "block1", x)
+    x = _InceptionA(32, name="Mixed_5b")(x)
+    self.sow("intermediates", "mixed_5b", x)
+    x = _InceptionA(64, name="Mixed_5c")(x)
+    x = _InceptionA(64, name="Mixed_5d")(x)
+    x = _InceptionB(name="Mixed_6a")(x)
+    x = _InceptionC(128, name="Mixed_6b")(x)
+    x = _InceptionC(160, name="Mixed_6c")(x)
+    x = _InceptionC(160, name="Mixed_6d")(x)
+    x = _InceptionC(192, name="Mixed_6e")(x)
+    self.sow("intermediates", "block2", x)
+    x = _InceptionD(name="Mixed_7a")(x)
+    x = _InceptionE(name="Mixed_7b")(x)
+    x = _InceptionE(max_pool=True, name="Mixed_7c")(x)
+    self.sow("intermediates", "block3", x)
+    pool3 = x.mean(axis=(1, 2))
+    logits = nn.Dense(self.num_classes, name="fc")(pool3)
+    return pool3, logits
+
+
+@functools.cache
+def inception_param_shapes(num_classes: int = 1008) -> dict:
+  """The Flax parameter tree of `FIDInceptionV3` as `jax.ShapeDtypeStruct`s (nothing computed)."""
+  model = FIDInceptionV3(num_classes)
+  x = jax.ShapeDtypeStruct((1, INCEPTION_SIZE, INCEPTION_SIZE, 3), jnp.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+
+
+def inception_params_from_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
+  """Maps a pytorch-fid state dict (published layout) to `FIDInceptionV3` params, folding batch norms.
+
+  Layout: `<block>[.<branch>].conv.weight` [C_out, C_in, kh, kw] and `<...>.bn.{weight, bias,
+  running_mean, running_var}` [C_out] per convolution, `fc.weight` [K, 2048], `fc.bias` [K].
+  `*.num_batches_tracked` and `AuxLogits.*` (unused at inference) are ignored; any other unknown or
+  missing key, or a wrong shape, is an error naming it.
+
+  Returns:
+    params: the nested dict `FIDInceptionV3.apply` takes, float32.
+  """
+  state_dict = dict(state_dict)
+  if "fc.weight" not in state_dict:
+    raise ValueError("the state dict has no fc.weight: not the FID Inception layout")
+  shapes = inception_param_shapes(int(np.shape(state_dict["fc.weight"])[0]))
+  used: set[str] = set()
+
+  def take(key: str, shape: tuple[int, ...]) -> np.ndarray:
+    if key not in state_dict:
+      raise ValueError(f"the FID Inception state dict misses {key}")
+    value = np.asarray(state_dict[key], np.float64)
+    if value.shape != shape:
+      raise ValueError(f"{key} has shape {value.shape}, the FID Inception expects {shape}")
+    used.add(key)
+    return value
+
+  def convert(node: Mapping[str, Any], path: tuple[str, ...]) -> dict:
+    if "kernel" not in node:
+      return {name: convert(child, (*path, name)) for name, child in node.items()}
+    prefix = ".".join(path)
+    if path == ("fc",):
+      k, d = node["kernel"].shape[1], node["kernel"].shape[0]
+      return {
+        "kernel": take("fc.weight", (k, d)).T.astype(np.float32),
+        "bias": take("fc.bias", (k,)).astype(np.float32),
+      }
+    kh, kw, c_in, c_out = node["kernel"].shape
+    weight = take(f"{prefix}.conv.weight", (c_out, c_in, kh, kw))
+    gamma = take(f"{prefix}.bn.weight", (c_out,))
+    beta = take(f"{prefix}.bn.bias", (c_out,))
+    mean = take(f"{prefix}.bn.running_mean", (c_out,))
+    var = take(f"{prefix}.bn.running_var", (c_out,))
+    scale = gamma / np.sqrt(var + BATCH_NORM_EPS)
+    return {
+      "kernel": (weight * scale[:, None, None, None]).transpose(2, 3, 1, 0).astype(np.float32),
+      "bias": (beta - mean * scale).astype(np.float32),
+    }
+
+  params = convert(shapes, ())
+  unused = [
+    k
+    for k in state_dict
+    if k not in used and not k.endswith(".num_batches_tracked") and not k.startswith("AuxLogits.")
+  ]
+  if unused:
+    raise ValueError(f"keys of the state dict that the FID Inception does not use: {unused[:10]}")
+  return params
+
+
+def load_inception_params(path: str | os.PathLike) -> dict:
+  """Loads the FID Inception weights from a local `.pth` (the published file, read without torch).
+
+  Args:
+    path: the weights file, normally `config.eval.inception_path`.
+
+  Raises:
+    FileNotFoundError: saying where the file is published and where to put it. Nothing is downloaded.
+    ValueError: a published-name file whose checksum is wrong, or a state dict of another layout.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(
+      f"FID Inception weights not found at {path!r}. Download {INCEPTION_FILENAME} (95 MB, the "
+      f"weights pytorch-fid publishes) from {INCEPTION_URL} and save it as {path!r}, or set "
+      "config.eval.inception_path to where the file is. It is read without PyTorch."
+    )
+  if os.path.basename(path) == INCEPTION_FILENAME:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
+    if not digest.hexdigest().startswith(INCEPTION_SHA256_PREFIX):
+      raise ValueError(
+        f"{path} has SHA-256 {digest.hexdigest()[:16]}..., not {INCEPTION_SHA256_PREFIX}... as its "
+        f"name says: the download is incomplete or corrupt. Download it again from {INCEPTION_URL}."
+      )
+  return inception_params_from_state_dict(pth_reader.load_pth(path))
+
+
+def get_inception_fn(
+  params: Mapping[str, Any], *, num_classes: int | None = None
+) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+  """A jitted `images [B, H, W, C] in [0, 1] -> (pool3 [B, 2048], logits [B, K])` of the FID Inception."""
+  if num_classes is None:
+    num_classes = int(params["fc"]["bias"].shape[0])
+  model = FIDInceptionV3(num_classes)
+  params = jax.tree.map(jnp.asarray, params)
+  return jax.jit(lambda images: model.apply({"params": params}, images))
+
+
+def batched_features(
+  feature_fn: Callable[[jax.Array], tuple[jax.Array, ...]],
+  images: np.ndarray,
+  batch_size: int = 50,
+) -> tuple[np.ndarray, ...]:
+  """Applies `feature_fn` over `images` [N, ...] in batches (the last padded), returning numpy [N, ...]."""
+  n = images.shape[0]
+  outputs: list[tuple[np.ndarray, ...]] = []
+  for start in range(0, n, batch_size):
+    batch = images[start : start + batch_size]
+    count = batch.shape[0]
+    if count < batch_size:  # pad, so that one compiled shape serves every batch
+      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - count, axis=0)])
+    outputs.append(tuple(np.asarray(o)[:count] for o in feature_fn(batch)))
+  return tuple(np.concatenate(parts) for parts in zip(*outputs, strict=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset statistics, cached.
+# ----------------------------------------------------------------------------------------------
+
+
+def statistics_path(cache_dir: str | os.PathLike, dataset: str, split: str, resolution: int) -> str:
+  """Where the statistics of (dataset, split, resolution) are cached."""
+  name = f"{dataset.lower()}_{split}_{int(resolution)}px_inception_stats.npz"
+  return os.path.join(os.fspath(cache_dir), name)
+
+
+def load_statistics(path: str | os.PathLike, resolution: int) -> dict[str, np.ndarray]:
+  """Loads cached statistics, refusing those computed at another resolution.
+
+  Returns:
+    dict with mu [D], sigma [D, D] (float64), features [N, D] (float32), resolution, dataset, split.
+
+  Raises:
+    ValueError: the file's resolution is not `resolution` (the message says what to do).
+  """
+  with np.load(path) as data:
+    stats = {k: data[k] for k in data.files}
+  stored = int(stats["resolution"])
+  if stored != int(resolution):
+    raise ValueError(
+      f"the dataset statistics in {os.fspath(path)} were computed at {stored}x{stored}, but this "
+      f"evaluation is at {resolution}x{resolution}: FID against them would be meaningless. Point "
+      "the evaluation at statistics of the same resolution, or delete the file to recompute them."
+    )
+  return stats
+
+
+def dataset_statistics(
+  feature_fn: Callable[[jax.Array], tuple[jax.Array, ...]],
+  batches: Iterable[np.ndarray],
+  *,
+  cache_dir: str | os.PathLike,
+  dataset: str,
+  split: str,
+  resolution: int,
+) -> dict[str, np.ndarray]:
+  """Pool-3 statistics of a dataset split, computed once and cached as npz.
+
+  Args:
+    feature_fn: images [B, H, W, C] in [0, 1] -> (pool3 [B, D], ...), e.g. `get_inception_fn(params)`.
+    batches: the split's images, each batch [..., H, W, C] in [0, 1] (leading axes, e.g. devices,
+      are flattened). Only read when the cache has no entry.
+    cache_dir: directory of the cache; dataset, split, resolution: its key.
+
+  Returns:
+    dict with mu [D], sigma [D, D] (float64), features [N, D] (float32, for KID), resolution,
+    dataset, split.
+
+  Raises:
+    ValueError: a batch is not resolution x resolution, or the cached file is of another resolution.
+  """
+  path = statistics_path(cache_dir, dataset, split, resolution)
+  if os.path.exists(path):
+    return load_statistics(path, resolution)
+  features = []
+  for batch in batches:
+    batch = np.asarray(batch)
+    h, w = batch.shape[-3:-1]
+    if (h, w) != (resolution, resolution):
+      raise ValueError(
+        f"{dataset}/{split} yields {h}x{w} images, but its statistics were asked at "
+        f"{resolution}x{resolution}: set the resolution to the data's (config.data.image_size)."
+      )
+    batch = batch.reshape(-1, *batch.shape[-3:])
+    features.append(np.asarray(feature_fn(batch)[0], np.float32))
+  if not features:
+    raise ValueError(f"{dataset}/{split} yielded no images")
+  features = np.concatenate(features)
+  mu, sigma = feature_statistics(features)
+  stats = dict(
+    mu=mu,
+    sigma=sigma,
+    features=features,
+    resolution=np.int64(resolution),
+    dataset=dataset,
+    split=split,
+  )
+  os.makedirs(os.fspath(cache_dir), exist_ok=True)
+  # Write to a temporary name, then rename: an interrupted run leaves no half-written cache.
+  with tempfile.NamedTemporaryFile(dir=os.fspath(cache_dir), suffix=".npz", delete=False) as f:
+    np.savez(f, **stats)
+  os.replace(f.name, path)
+  return load_statistics(path, resolution)

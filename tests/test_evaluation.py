@@ -186,3 +186,30 @@ def test_inception_score_matches_direct_numpy():
   mean, std = evaluation.inception_score(logits, num_splits=splits)
   assert mean == pytest.approx(np.mean(scores), rel=1e-12)
   assert std == pytest.approx(np.std(scores), rel=1e-9)
+
+
+def test_dataset_statistics_cache(tmp_path):
+  rng = np.random.default_rng(8)
+  images = rng.uniform(size=(2, 5, 4, 4, 3)).astype(np.float32)  # [devices, batch, H, W, C]
+  calls = []
+
+  def feature_fn(batch):
+    calls.append(batch.shape)
+    return (batch.reshape(batch.shape[0], -1)[:, :6] * 2.0, None)
+
+  kwargs = dict(cache_dir=tmp_path / "cache", dataset="toy", split="test", resolution=4)
+  stats = evaluation.dataset_statistics(feature_fn, [images, images[:, :2]], **kwargs)
+  feats = 2.0 * np.concatenate([images.reshape(10, -1), images[:, :2].reshape(4, -1)])[:, :6]
+  np.testing.assert_allclose(stats["features"], feats, rtol=1e-7)
+  np.testing.assert_allclose(stats["mu"], feats.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(stats["sigma"], np.cov(feats, rowvar=False), rtol=1e-6, atol=1e-12)
+  assert calls == [(10, 4, 4, 3), (4, 4, 4, 3)]
+  # Second call: read from the cache, the batches are not touched.
+  again = evaluation.dataset_statistics(feature_fn, None, **kwargs)
+  np.testing.assert_array_equal(again["sigma"], stats["sigma"])
+  assert len(calls) == 2
+  path = evaluation.statistics_path(tmp_path / "cache", "toy", "test", 4)
+  with pytest.raises(ValueError, match="computed at 4x4, but this evaluation is at 8x8"):
+    evaluation.load_statistics(path, 8)
+  with pytest.raises(ValueError, match="yields 4x4 images, but its statistics were asked at 8x8"):
+    evaluation.dataset_statistics(feature_fn, [images], **{**kwargs, "resolution": 8})
