@@ -834,7 +834,7 @@ def get_step_fn(
     ema_params = jax.tree.map(
       lambda ema, p: ema_rate * ema + (1.0 - ema_rate) * p, state.ema_params, params
     )
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     if lr_schedule is not None:
       metrics["lr"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
     new_state = TrainState(
