@@ -692,7 +692,7 @@ def get_loss_fn(
   if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
     params = values  # A factory taking **kwargs receives every option.
   for option in ("likelihood_weighting", "importance_sampling", "t_fixed"):
-    if values[option] and option not in params:
+    if values[option] not in (None, False) and option not in params:
       raise ValueError(
         f"config.training.{option} = {values[option]} is not supported by objective {name!r}."
       )

@@ -361,6 +361,7 @@ def test_get_loss_fn_passes_config_values_to_the_factory():
       r"config\.training\.likelihood_weighting",
     ),
     ("vpsde", {"continuous": False}, r"config\.training\.continuous"),
+    ("vesde", {"objective": "smld", "t_fixed": 0.0}, r"config\.training\.t_fixed"),
     ("vpsde", {"objective": "esm"}, r"true_score_fn"),
     ("vpsde", {"objective": "ssm", "n_projections": 0}, r"config\.training\.n_projections"),
     ("vesde", {"objective": "dsm_single", "sigma": 1e3}, r"config\.training\.sigma"),
