@@ -692,9 +692,10 @@ def get_loss_fn(
   if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
     params = values  # A factory taking **kwargs receives every option.
   for option in ("likelihood_weighting", "importance_sampling", "t_fixed"):
-    if values[option] not in (None, False) and option not in params:
+    value = values[option]
+    if value is not None and value is not False and option not in params:
       raise ValueError(
-        f"config.training.{option} = {values[option]} is not supported by objective {name!r}."
+        f"config.training.{option} = {value} is not supported by objective {name!r}."
       )
   if "projection" in params and values["projection"] not in PROJECTIONS:
     PROJECTIONS.get(values["projection"])  # Raises, naming the field and the choices.
