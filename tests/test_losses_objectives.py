@@ -151,11 +151,11 @@ def _likelihood_weighted_expectation(sde, eps):
   return time_integral(f, eps, sde.T) / (sde.T - eps)
 
 
-@pytest.mark.parametrize("name", ["vpsde", "subvpsde", "vesde"])
+@pytest.mark.parametrize("name", ["vpsde", "subvpsde"])
 def test_importance_sampling_is_unbiased_and_reduces_variance(name):
   # Both estimators of the likelihood-weighted loss must match the exact integral (unbiased), and
   # the importance-sampled one has lower variance: for VP-type SDEs g^2 / std^2 ~ 1 / t near eps, so
-  # plain uniform t has a heavy tail; for VE g^2 / std^2 is constant and both coincide in law.
+  # plain uniform t has a heavy tail. (For VE g^2 / std^2 is constant: both coincide in law.)
   sde, eps, n = SDES[name](), 1e-3, 50_000
   expected = _likelihood_weighted_expectation(sde, eps)
   results = {}
@@ -173,9 +173,8 @@ def test_importance_sampling_is_unbiased_and_reduces_variance(name):
     results[importance_sampling] = assert_mc_close(aux["loss"], expected)
   ratio = (results[False][1] / results[True][1]) ** 2
   print(f"{name}: variance(plain) / variance(importance sampled) = {ratio:.1f}")
-  if name != "vesde":
-    # Measured ratios are ~10-30; asserting only > 2 keeps the check robust to the seed.
-    assert ratio > 2.0
+  # Measured ratios: 17.5 (VP), 25.5 (sub-VP); asserting only > 2 keeps the check robust to seeds.
+  assert ratio > 2.0
 
 
 def test_importance_sampled_times_follow_g2_over_std2():
