@@ -55,22 +55,27 @@ def replicate(tree: Any) -> Any:
   return jax.device_put(tree, NamedSharding(mesh(), REPLICATED))
 
 
-def shard(tree: Any) -> Any:
+def shard(tree: Any, leading: int = 0) -> Any:
   """Turns host-local batches [local_devices, per_device, ...] into global sharded arrays.
 
   Each host passes its own part of the batch (the layout `datasets.get_dataset` yields); the result
-  is a global `jax.Array` of shape [global_batch, ...] split over every device along its leading axis.
+  is a global `jax.Array` of shape [global_batch, ...] split over every device along that axis.
+  With `leading` > 0 the arrays carry that many unsplit axes first, e.g. [steps, local_devices,
+  per_device, ...] -> [steps, global_batch, ...] for several train steps in one call.
   """
-  sharding = NamedSharding(mesh(), SHARDED)
+  spec = P(*([None] * leading), AXIS)
+  sharding = NamedSharding(mesh(), spec)
+  local = jax.local_device_count()
 
   def to_global(x):
     x = np.asarray(x)
-    if x.ndim < 2 or x.shape[0] != jax.local_device_count():
+    if x.ndim < leading + 2 or x.shape[leading] != local:
       raise ValueError(
-        f"A host-local batch must be shaped [local_devices={jax.local_device_count()}, "
+        f"A host-local batch must be shaped [{'steps, ' * leading}local_devices={local}, "
         f"per_device, ...]; got {x.shape}."
       )
-    return jax.make_array_from_process_local_data(sharding, x.reshape((-1,) + x.shape[2:]))
+    merged = x.reshape(x.shape[:leading] + (-1,) + x.shape[leading + 2 :])
+    return jax.make_array_from_process_local_data(sharding, merged)
 
   return jax.tree.map(to_global, tree)
 
