@@ -1,8 +1,8 @@
 """Throughput of the FID Inception features (images/s): batch 50 of 32x32 images resized to 299.
 
 Random weights (the network's cost does not depend on their values). Prints one line per variant:
-the default XLA CPU compilation and, on CPU, with YNN fusion off (faster for forward-only
-convolutions on some CPUs, see ENVIRONMENT.md), so the faster one can be chosen with a measurement.
+a plain `jax.jit` and, on CPU, `evaluation.jit_inference` (XLA CPU's YNN fusion off, faster for
+forward-only convolutions here, see ENVIRONMENT.md), which `get_inception_fn` uses.
 
   python benchmarks/inception_throughput.py [--batch 50] [--size 32] [--iters 5]
 """
@@ -40,17 +40,15 @@ def main() -> None:
   images = images.astype(np.float32)
   params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
   apply = lambda x: model.apply({"params": params}, x)
-  variants = {"default": jax.jit(apply)}
+  variants = {"plain jax.jit": jax.jit(apply)}
   if jax.default_backend() == "cpu":
-    variants["ynn_fusion_off"] = jax.jit(
-      apply, compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""}
-    )
+    variants["jit_inference"] = evaluation.jit_inference(apply)  # what get_inception_fn uses
   device = jax.devices()[0]
   print(f"device: {device.platform} ({device.device_kind}), {jax.device_count()} device(s)")
   for name, fn in variants.items():
     compile_s, step_s = _measure(fn, images, args.iters)
     print(
-      f"{name:>15}: {args.batch / step_s:7.1f} images/s  ({step_s * 1e3:.0f} ms per batch of "
+      f"{name:>14}: {args.batch / step_s:7.1f} images/s  ({step_s * 1e3:.0f} ms per batch of "
       f"{args.batch} {args.size}x{args.size} -> 299x299; first call {compile_s:.1f} s)"
     )
 

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -55,7 +54,10 @@ def outputs(inception_path):
   """Flax outputs and intermediates on the reference inputs, through the production loading path."""
   params = evaluation.load_inception_params(inception_path)
   model = evaluation.FIDInceptionV3()
-  apply = jax.jit(lambda x: model.apply({"params": params}, x, mutable=["intermediates"]))
+  # Compiled as get_inception_fn compiles it (jit_inference), plus the intermediates.
+  apply = evaluation.jit_inference(
+    lambda x: model.apply({"params": params}, x, mutable=["intermediates"])
+  )
   inputs = make_inception_fixture.reference_inputs()
   out = {}
   for name, images in inputs.items():
