@@ -597,7 +597,7 @@ def dataset_statistics(
   path = statistics_path(cache_dir, dataset, split, resolution)
   if os.path.exists(path):
     return load_statistics(path, resolution)
-  features = []
+  features, batch_size = [], None
   for batch in batches:
     batch = np.asarray(batch)
     h, w = batch.shape[-3:-1]
@@ -607,7 +607,8 @@ def dataset_statistics(
         f"{resolution}x{resolution}: set the resolution to the data's (config.data.image_size)."
       )
     batch = batch.reshape(-1, *batch.shape[-3:])
-    features.append(np.asarray(feature_fn(batch)[0], np.float32))
+    batch_size = batch_size or batch.shape[0]  # a shorter last batch is padded: no recompilation
+    features.append(batched_features(feature_fn, batch, batch_size)[0].astype(np.float32))
   if not features:
     raise ValueError(f"{dataset}/{split} yielded no images")
   features = np.concatenate(features)

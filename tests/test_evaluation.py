@@ -195,7 +195,7 @@ def test_dataset_statistics_cache(tmp_path):
 
   def feature_fn(batch):
     calls.append(batch.shape)
-    return (batch.reshape(batch.shape[0], -1)[:, :6] * 2.0, None)
+    return (batch.reshape(batch.shape[0], -1)[:, :6] * 2.0,)
 
   kwargs = dict(cache_dir=tmp_path / "cache", dataset="toy", split="test", resolution=4)
   stats = evaluation.dataset_statistics(feature_fn, [images, images[:, :2]], **kwargs)
@@ -203,7 +203,10 @@ def test_dataset_statistics_cache(tmp_path):
   np.testing.assert_allclose(stats["features"], feats, rtol=1e-7)
   np.testing.assert_allclose(stats["mu"], feats.mean(0), rtol=1e-6)
   np.testing.assert_allclose(stats["sigma"], np.cov(feats, rowvar=False), rtol=1e-6, atol=1e-12)
-  assert calls == [(10, 4, 4, 3), (4, 4, 4, 3)]
+  assert calls == [
+    (10, 4, 4, 3),
+    (10, 4, 4, 3),
+  ]  # the short last batch is padded to the first's size
   # Second call: read from the cache, the batches are not touched.
   again = evaluation.dataset_statistics(feature_fn, None, **kwargs)
   np.testing.assert_array_equal(again["sigma"], stats["sigma"])
