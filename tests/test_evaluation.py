@@ -57,19 +57,19 @@ def test_frechet_near_singular_covariances_closed_form():
   # Rank-deficient and nearly singular covariances in a shared random eigenbasis, where the exact
   # answer is sum(a1) + sum(a2) - 2 sum sqrt(a1 a2) + |dmu|^2.
   rng = np.random.default_rng(2)
-  d = 256
+  d = 128
   q = _orthogonal(rng, d)
-  a1 = np.concatenate([rng.uniform(0.5, 2.0, 100), np.zeros(d - 100)])  # rank 100
-  a2 = np.concatenate([rng.uniform(0.5, 2.0, 50), np.full(d - 50, 1e-12)])  # nearly singular
+  a1 = np.concatenate([rng.uniform(0.5, 2.0, 50), np.zeros(d - 50)])  # rank 50
+  a2 = np.concatenate([rng.uniform(0.5, 2.0, 25), np.full(d - 25, 1e-12)])  # nearly singular
   mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
   expected = np.sum((mu1 - mu2) ** 2) + a1.sum() + a2.sum() - 2 * np.sqrt(a1 * a2).sum()
   got = evaluation.frechet_distance(mu1, (q * a1) @ q.T, mu2, (q * a2) @ q.T)
-  # Round-off: eigh is exact to ~d * eps * max eigenvalue ~ 1e-13 per eigenvalue. Without setting
-  # the eigenvalues below that to 0, each of the ~200 null directions adds sqrt(1e-13 * 1e-12)-sized
-  # terms and the result is off by 3e-6 (measured, as with scipy's sqrtm: 3e-6); with it, by 4e-9.
+  # Round-off: eigh is exact to ~d * eps * max eigenvalue ~ 3e-14 per eigenvalue. Without setting
+  # the eigenvalues below that to 0, each of the ~100 null directions adds a square root of
+  # round-off and the result is off by 1.4e-6 (measured; scipy's sqrtm: 1.3e-6); with it, by 7e-10.
   assert got == pytest.approx(expected, abs=1e-7)
-  # Identical singular Gaussians are at distance 0 up to round-off (measured 3e-14; without the
-  # thresholding 3e-6).
+  # Identical singular Gaussians are at distance 0 up to round-off (measured 1e-14; without the
+  # thresholding 1.6e-6).
   s = (q * a1) @ q.T
   assert evaluation.frechet_distance(mu1, s, mu1, s) == pytest.approx(0.0, abs=1e-9)
 
