@@ -1,0 +1,11 @@
+"""Two moons (datasets.TwoMoons, noise std 0.1; labels 0 / 1): VP SDE, continuous DSM, MLP."""
+
+from configs.default_toy_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+  config.data.dataset = "two_moons"
+  config.data.noise = 0.1
+  config.model.fourier_scale = 1.0
+  return config
