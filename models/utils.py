@@ -26,7 +26,14 @@ MODELS: Registry[type[nn.Module]] = Registry("model", "config.model.name")
 register_model = MODELS.register
 
 # Modules that define the built-in models; imported before any lookup so the registry is complete.
-_BUILTIN_MODULES = ("models.mlp", "models.ncsnpp", "models.ddpm")
+_BUILTIN_MODULES = (
+  "models.mlp",
+  "models.ncsnpp",
+  "models.ddpm",
+  "models.ncsnv2",
+  "models.ncsn",
+  "models.wideresnet_noise_conditional",
+)
 
 ScoreFn = Callable[..., jax.Array]
 

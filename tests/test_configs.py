@@ -108,7 +108,9 @@ ALL_CONFIGS = sorted(
   if p.name != "__init__.py" and not p.name.startswith("default_")
 )
 
-# Trainable parameters measured on the published PyTorch implementation (issue 4).
+# Trainable parameters measured on the published PyTorch implementation (issue 4); ve/ncsn/cifar10
+# is this project's count of the NCSN paper's architecture (the published NCSN port does not build),
+# recounted module by module in tests/test_ncsnv2.py.
 PARAM_COUNTS = {
   "ve/cifar10_ncsnpp_continuous": 62_758_787,
   "ve/cifar10_ncsnpp_deep_continuous": 107_586_947,
@@ -118,6 +120,7 @@ PARAM_COUNTS = {
   "vp/ddpm/cifar10": 35_218_947,
   "ve/ncsnv2/cifar10": 29_694_083,
   "ve/celebahq_256_ncsnpp_continuous": 65_574_421,
+  "ve/ncsn/cifar10": 30_117_635,
 }
 
 # Released values, spot-checked by hand from the paper's config files (and the paper's tables).
@@ -245,13 +248,22 @@ def _optional_module(name: str):
 
 
 def _build_model(config):
-  """get_model(config), skipping while a built-in model module is still being written."""
+  """The config's network through the model registry, as `models.utils.get_model` builds it.
+
+  Built-in model modules that are not written yet are left out; a config whose model lives in one
+  of them is skipped, naming it.
+  """
   from models import utils as mutils
 
   missing = [m for m in mutils._BUILTIN_MODULES if importlib.util.find_spec(m) is None]
-  if missing:
-    pytest.skip(f"built-in model modules not written yet: {', '.join(missing)}")
-  return mutils.get_model(config)
+  if not missing:
+    return mutils.get_model(config)
+  for module in mutils._BUILTIN_MODULES:
+    if module not in missing:
+      importlib.import_module(module)
+  if config.model.name not in mutils.MODELS:
+    pytest.skip(f"model {config.model.name!r}: built-in modules not written yet: {missing}")
+  return mutils.MODELS.get(config.model.name).from_config(config)
 
 
 def _abstract_params(config):
@@ -260,8 +272,10 @@ def _abstract_params(config):
 
   model = _build_model(config)
   sde = sde_lib.get_sde(config.sde)
-  size, channels = config.data.image_size, config.data.num_channels
-  shape = (1, size, size, channels)
+  if "image_size" in config.data:
+    shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
+  else:  # vector data (toy configs)
+    shape = (1, config.data.dim)
   return jax.eval_shape(
     lambda key: mutils.init_params(key, model, sde, shape, config.training.continuous),
     jax.random.key(0),
@@ -269,13 +283,9 @@ def _abstract_params(config):
 
 
 def count_trainable(params) -> int:
-  """Number of trainable parameters: the fixed random Fourier features are not trained."""
-  total = 0
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    if any("fourier" in str(getattr(k, "key", k)).lower() for k in path):
-      continue
-    total += int(np.prod(leaf.shape))
-  return total
+  """Number of trained parameters: every leaf of the "params" collection (the fixed random
+  Fourier frequencies of NCSN++ are in the "constants" collection, as they are not trained)."""
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
 
 
 def test_every_paper_config_is_present():
@@ -347,18 +357,18 @@ def test_sampler_and_objective_names_resolve(name):
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_model_builds(name):
-  """The network builds from the config alone (shapes only, through jax.eval_shape)."""
+  """The network builds from the config alone (shapes only, through jax.eval_shape), with the
+  published parameter count where one is known."""
   config = load_config(name)
   params = _abstract_params(config)
   leaves = jax.tree_util.tree_leaves(params)
   assert leaves and all(leaf.dtype == jnp.float32 for leaf in leaves)
+  if name in PARAM_COUNTS:
+    assert count_trainable(params) == PARAM_COUNTS[name]
 
 
-@pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
-def test_parameter_count(name):
-  config = load_config(name)
-  params = _abstract_params(config)
-  assert count_trainable(params) == PARAM_COUNTS[name]
+def test_parameter_counts_cover_paper_configs():
+  assert set(PARAM_COUNTS) <= set(PAPER_CONFIGS)
 
 
 # --- Identity with the released files ---------------------------------------------------------
