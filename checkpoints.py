@@ -32,10 +32,13 @@ as a context manager (or call `close`) so pending writes finish before the proce
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import shutil
+import threading
+import weakref
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -102,6 +105,12 @@ def _config_json(config: Any) -> dict[str, Any]:
   return json.loads(json.dumps(dict(config), default=repr))
 
 
+def _close_at_exit(ref: weakref.ref) -> None:
+  manager = ref()
+  if manager is not None:
+    manager.close()
+
+
 class CheckpointManager:
   """Saves and restores the training state in one directory (see the module docstring).
 
@@ -140,6 +149,12 @@ class CheckpointManager:
     )
     self._manager = ocp.CheckpointManager(self.directory, item_names=_ITEMS, options=options)
     self._closed = False
+    # A run that forgets `close` still finishes its pending writes before the interpreter exits.
+    # It must happen before concurrent.futures shuts its thread pools down (orbax finalises a save
+    # through them), which is earlier than `atexit` runs: threading's own exit hooks run first,
+    # most recently registered first.
+    register = getattr(threading, "_register_atexit", atexit.register)
+    register(_close_at_exit, weakref.ref(self))
 
   @classmethod
   def from_config(cls, workdir: str | os.PathLike, config: Any) -> CheckpointManager:

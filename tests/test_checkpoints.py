@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import flax.struct
 import jax
@@ -265,3 +267,24 @@ def test_a_different_config_is_a_mismatch_not_a_fallback(saved, config):
     ):
       manager.restore_latest(abstract_state(wider))
     assert manager.steps() == [10, 20, 30]
+
+
+def test_a_pending_save_finishes_when_the_process_exits(tmp_path):
+  """Saves are asynchronous; a script that never waits or closes still leaves a complete checkpoint
+  (without the manager's exit hook, orbax leaves only `7.orbax-checkpoint-tmp`)."""
+  directory = tmp_path / "exit"
+  code = (
+    "import jax.numpy as jnp, checkpoints\n"
+    f"manager = checkpoints.CheckpointManager({str(directory)!r})\n"
+    "manager.save(7, {'w': jnp.arange(3e6)})\n"
+  )
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": root, "XLA_FLAGS": ""}
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=root, env=env, capture_output=True)
+  assert sorted(os.listdir(directory)) == ["7"]
+  with checkpoints.CheckpointManager(directory) as manager:
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = {"w": jax.ShapeDtypeStruct((3_000_000,), jnp.float32, sharding=one_device)}
+    np.testing.assert_array_equal(
+      manager.restore(7, abstract)["w"], np.arange(3e6, dtype=np.float32)
+    )
