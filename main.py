@@ -1,8 +1,10 @@
-"""Command line: train, evaluate or sample score-based models.
+"""Command line: train or sample score-based models.
 
   python main.py --workdir runs/digits                      # trains the embedded digits default
   python main.py --config configs/ve/cifar10_ncsnpp_continuous.py --workdir runs/ncsnpp \
       --config.training.batch_size=64
+  python main.py --multihost --coordinator_address=10.0.0.1:1234 --num_processes=2 \
+      --process_id=0 ...                                    # one per host (or auto-detected)
 """
 
 import logging as pylogging
@@ -24,6 +26,13 @@ flags.DEFINE_string("workdir", None, "Work directory: checkpoints, logs, samples
 flags.DEFINE_enum("mode", "train", sorted(run_lib.MODES), "What to run.")
 flags.DEFINE_string("eval_folder", "eval", "Folder under the workdir for evaluation results.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (multi-host runs).")
+flags.DEFINE_string(
+  "coordinator_address", None, "host:port of process 0 (or JAX_COORDINATOR_ADDRESS)."
+)
+flags.DEFINE_integer(
+  "num_processes", None, "Number of processes (None: detected from the cluster)."
+)
+flags.DEFINE_integer("process_id", None, "This process's index (None: detected from the cluster).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -34,7 +43,7 @@ def main(argv):
     lambda record: record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
   )
   if FLAGS.multihost:
-    jax.distributed.initialize()
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   logging.info(
     "process %d / %d, %d local devices of %d (%s)",
     jax.process_index(),

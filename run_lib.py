@@ -24,6 +24,7 @@ config fails in a second with a ValueError naming the field.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -97,6 +98,12 @@ class Experiment:
   def init_state(self, key: jax.Array, optimizer) -> losses.TrainState:
     params = mutils.init_params(key, self.model, self.sde, (1, *self.data_shape), self.continuous)
     return losses.init_train_state(params, optimizer)
+
+  def abstract_state(self, optimizer) -> losses.TrainState:
+    """The train state's structure, shapes and dtypes (nothing computed), e.g. for restoring."""
+    return jax.eval_shape(
+      functools.partial(self.init_state, optimizer=optimizer), jax.random.key(0)
+    )
 
   def per_device_sampler(self, num_samples: int) -> tuple[sampling.SampleFn, int]:
     """The config's sampler for one device's share of `num_samples`, and that share."""
@@ -418,7 +425,7 @@ def sample(config: Any, workdir: str, eval_folder: str = "eval", **unused: Any) 
     )
   sampler = experiment.sampler(batch)
   optimizer = losses.get_optimizer(config.optim)
-  abstract = jax.eval_shape(experiment.init_state, jax.random.key(0), optimizer)
+  abstract = experiment.abstract_state(optimizer)
   manager = checkpoints.CheckpointManager.from_config(workdir, config)
   restored = manager.restore_latest(abstract)
   manager.close()
