@@ -52,7 +52,7 @@ CASES = [
 
 
 def make_sde(name):
-  return {"vpsde": sde_lib.VPSDE, "vesde": sde_lib.VESDE}[name](N=100)
+  return {"vpsde": sde_lib.VPSDE, "vesde": sde_lib.VESDE}[name](N=50)
 
 
 @pytest.mark.parametrize(("kind", "sde_name", "predictor", "corrector", "bit_equal"), CASES)
