@@ -21,6 +21,7 @@ import pytest
 
 import closed_form
 import sampling
+import sde_lib
 
 Z_MAX = 4.5  # see tests/test_sampling_gaussian.py
 
@@ -133,3 +134,27 @@ def test_langevin_draws_are_per_example():
   whole = run(jax.random.key(4), score, x0, 0.1, 5)
   tail = run(jax.random.key(4), score, x0[2:], 0.1, 5, 2)
   np.testing.assert_allclose(tail, whole[2:], rtol=1e-13, atol=1e-15)
+
+
+def test_per_example_langevin_step_sizes_bias_the_stationary_law():
+  # Langevin steps with e(x) = 2 (r ||z|| / ||score(x)||)^2 leave p / e ~ p ||score||^2 invariant
+  # (the PerExampleLangevinCorrector docstring): for N(0, I_D), E||x||^2 = D + 2 instead of D in
+  # the small-step limit; the discrete chain's rare huge steps (small ||x||) add more (12.5
+  # measured for D = 8).
+  # The batch-averaged step of LangevinCorrector keeps E||x||^2 = D. D = 8, r = 0.1: steps ~0.02,
+  # whose own bias is 1 / (1 - e / 4) = +0.5%; 2000 steps, 50 per unit of Langevin time: converged.
+  n, d, n_steps = 2000, 8, 2000
+  sde = sde_lib.VESDE()  # only its langevin_alpha (1) is used
+  score = lambda x, t: -x
+  x0 = jax.random.normal(jax.random.key(0), (n, d))
+  keys = sampling.example_keys(jax.random.key(1), n)
+  t = jnp.full((n,), 0.5)
+  results = {}
+  for corrector in (sampling.LangevinCorrector, sampling.PerExampleLangevinCorrector):
+    update = corrector(sde, score, 0.1, n_steps).update
+    x, _ = jax.jit(update)(keys, x0, t)
+    results[corrector] = np.sum(np.asarray(x) ** 2, axis=1)
+  # ||x||^2 ~ chi^2_D under N(0, I): standard error sqrt(2 D / n) = 0.09; allow 0.5% for the step.
+  se = np.sqrt(2 * d / n)
+  assert abs(results[sampling.LangevinCorrector].mean() - d) <= Z_MAX * se + 0.005 * d
+  assert results[sampling.PerExampleLangevinCorrector].mean() - d > 1.5  # > 10 se
