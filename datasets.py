@@ -262,30 +262,36 @@ def _require(config: Any, field: str, why: str) -> Any:
 def _shuffled_batches(
   arrays: dict[str, np.ndarray], *, evaluation: bool, batch_size: int, seed: int
 ) -> Iterator[Batch]:
-  """Batches of in-memory arrays: one ordered pass, or endless reshuffled epochs."""
+  """Batches of in-memory arrays: one ordered pass, or endless reshuffled epochs.
+
+  Checks that one batch fits before returning (not at the first `next`).
+  """
   n = len(next(iter(arrays.values())))
   if n < batch_size:
     raise ValueError(
       f"This host holds {n} examples, fewer than its batch of {batch_size}: lower the batch size."
     )
-  if evaluation:
+
+  def ordered() -> Iterator[Batch]:
     for start in range(0, n - batch_size + 1, batch_size):
       yield {k: v[start : start + batch_size] for k, v in arrays.items()}
-    return
-  rng = np.random.default_rng(seed)
-  order = np.empty(0, np.int64)
-  while True:
-    while len(order) < batch_size:
-      order = np.concatenate([order, rng.permutation(n)])
-    index, order = order[:batch_size], order[batch_size:]
-    yield {k: v[index] for k, v in arrays.items()}
+
+  def shuffled() -> Iterator[Batch]:
+    rng = np.random.default_rng(seed)
+    order = np.empty(0, np.int64)
+    while True:
+      while len(order) < batch_size:
+        order = np.concatenate([order, rng.permutation(n)])
+      index, order = order[:batch_size], order[batch_size:]
+      yield {k: v[index] for k, v in arrays.items()}
+
+  return ordered() if evaluation else shuffled()
 
 
 # --- scikit-learn digits: the embedded default. -------------------------------------------------
 
-DIGITS_NUM_TRAIN = (
-  1500  # the first 1,500 digits train, the last 297 test (both about 10% per class)
-)
+# The first 1,500 digits train, the last 297 test (both about 10% per class).
+DIGITS_NUM_TRAIN = 1500
 DIGITS_LEVELS = 17  # the pixel values are the integers 0..16
 
 
@@ -364,23 +370,26 @@ class ToySource(Source):
     """Draws n examples: {"image": [n, 2] float32, and "label": [n] int32 for labelled toys}."""
 
   def host_batches(self, *, split, evaluation, batch_size, seed):
-    rng = np.random.default_rng(seed)
+    num_batches = None  # endless
     if evaluation:
       total = int(self.config.data.get("num_examples", 10_000)) // jax.process_count()
       num_batches = total // batch_size
       if num_batches == 0:
         raise ValueError(
-          f"config.data.num_examples = {self.config.data.num_examples} gives this host fewer "
-          f"examples than one batch of {batch_size}."
+          f"config.data.num_examples = {self.config.data.get('num_examples', 10_000)} gives this "
+          f"host fewer examples than one batch of {batch_size}."
         )
-    else:
-      num_batches = None
-    count = 0
-    while num_batches is None or count < num_batches:
-      batch = self.sample(rng, batch_size)
-      batch["image"] = batch["image"].astype(np.float32)
-      yield batch
-      count += 1
+
+    def draws() -> Iterator[Batch]:
+      rng = np.random.default_rng(seed)
+      count = 0
+      while num_batches is None or count < num_batches:
+        batch = self.sample(rng, batch_size)
+        batch["image"] = batch["image"].astype(np.float32)
+        yield batch
+        count += 1
+
+    return draws()
 
   def _param(self, field: str, default: float) -> float:
     return float(self.config.data.get(field, default))

@@ -442,3 +442,14 @@ def test_image_folder_with_class_subfolders(tmp_path):
     datasets.get_dataset(image_config("IMAGE_FOLDER", data_dir=None))
   with pytest.raises(FileNotFoundError, match=r"config\.data\.data_dir"):
     datasets.get_dataset(image_config("IMAGE_FOLDER", data_dir=os.path.join(tmp_path, "nope")))
+
+
+def test_too_few_examples_for_one_batch_fails_at_construction():
+  config = digits_config()
+  config.eval.batch_size = 304  # 297 test digits
+  with pytest.raises(ValueError, match="fewer than its batch of 304"):
+    datasets.get_dataset(config, split="test", evaluation=True)  # no next() needed
+  config = toy_config("two_moons", num_examples=100)
+  config.eval.batch_size = 128
+  with pytest.raises(ValueError, match=r"config\.data\.num_examples = 100"):
+    datasets.get_dataset(config, evaluation=True)
