@@ -36,6 +36,10 @@ def get_default_configs() -> ml_collections.ConfigDict:
   # One step per call: on CPU a rolled lax.scan around convolutions is far slower
   # (ENVIRONMENT.md, "Trap").
   training.n_jitted_steps = 1
+  # Options of the other objectives (losses.py), as in the toy schema.
+  training.n_projections = 1
+  training.projection = "rademacher"
+  training.sigma = 0.1
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = "pc"

@@ -1,0 +1,20 @@
+"""An MLP on the 64 pixels of scikit-learn's 8x8 digits (flattened by models/mlp.py), VP SDE in
+continuous time: a fallback to the NCSN++ default that certainly runs fast on any CPU."""
+
+from configs.default_digits_configs import get_default_configs
+
+
+def get_config():
+  config = get_default_configs()
+  config.model.update(
+    name="mlp",
+    ema_rate=0.999,
+    hidden=512,
+    num_layers=4,
+    embedding_dim=128,
+    embedding_type="fourier",  # of log(999 t); see models/mlp.py
+    fourier_scale=1.0,
+    dropout=0.0,
+    scale_by_sigma=False,
+  )
+  return config
