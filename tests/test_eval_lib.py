@@ -1,0 +1,286 @@
+"""The evaluation loop (eval_lib) end to end on 8 virtual CPU devices.
+
+A tiny digits MLP (VP SDE, 40 steps of batch 64, checkpoints at steps 20 and 40) is trained once per
+session with run_lib.train; then eval_lib.evaluate writes the test loss, samples, the digits metric
+and bits/dim per checkpoint, resumes after kill -9 with the same results, and a second run only
+reads. Bad input fails before anything is restored or compiled. The maths of the metrics and of
+bits/dim is tested in test_evaluation.py, test_digits_metric.py and test_likelihood.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+
+import eval_lib
+import evaluation
+import run_lib
+from configs.digits import digits_mlp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Training: 40 steps, periodic checkpoints every 20 (checkpoint k = step 20 k).
+# Evaluation: 4 sample batches of 64 (8 per device), N = 20 sampler steps, the 296 test digits for
+# the loss and bits/dim (4 full batches of 64 of the 297 test digits), loose ODE tolerances (wiring, not accuracy, is tested here).
+OVERRIDES = {
+  "training.batch_size": 64,
+  "training.n_iters": 40,
+  "training.snapshot_freq": 20,
+  "training.snapshot_freq_for_preemption": 20,
+  "training.log_freq": 20,
+  "training.eval_freq": 20,
+  "training.snapshot_sampling": False,
+  "sampling.batch_size": 64,
+  "sde.N": 20,
+  "model.hidden": 64,
+  "model.num_layers": 2,
+  "model.embedding_dim": 32,
+  "optim.warmup": 5,
+  "eval.begin_ckpt": 1,
+  "eval.end_ckpt": 2,
+  "eval.batch_size": 64,
+  "eval.num_samples": 256,
+  "eval.enable_bpd": True,
+}
+
+
+def tiny_config(cache_dir: str, **changes) -> ml_collections.ConfigDict:
+  config = digits_mlp.get_config()
+  for name, value in {**OVERRIDES, **changes}.items():
+    section, field = name.split(".")
+    config[section][field] = value
+  config.eval.cache_dir = cache_dir
+  config.eval.bpd_rtol = 1e-3
+  config.eval.bpd_atol = 1e-3
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """(workdir, cache_dir) of the tiny digits model trained once; tests copy the workdir."""
+  root = tmp_path_factory.mktemp("eval_lib")
+  cache_dir = str(root / "cache")
+  workdir = str(root / "trained")
+  run_lib.train(tiny_config(cache_dir), workdir)
+  return workdir, cache_dir
+
+
+def copy_workdir(trained, tmp_path) -> str:
+  workdir = str(tmp_path / "work")
+  shutil.copytree(os.path.join(trained[0], "checkpoints"), os.path.join(workdir, "checkpoints"))
+  return workdir
+
+
+def file_times(folder: str) -> dict[str, int]:
+  """mtime (ns) of every file under `folder`, by relative path."""
+  times = {}
+  for base, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(base, name)
+      times[os.path.relpath(path, folder)] = os.stat(path).st_mtime_ns
+  return times
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, tmp_path_factory):
+  """An uninterrupted evaluation of both checkpoints: (workdir, results, file times after it)."""
+  workdir = copy_workdir(trained, tmp_path_factory.mktemp("evaluated"))
+  results = eval_lib.evaluate(tiny_config(trained[1]), workdir)
+  return workdir, results, file_times(os.path.join(workdir, "eval"))
+
+
+def test_evaluate_writes_every_stage(trained, evaluated):
+  workdir, results, _ = evaluated
+  assert sorted(results) == [20, 40]
+  out = os.path.join(workdir, "eval")
+  with open(os.path.join(out, "results.json")) as f:
+    summary = json.load(f)
+  assert summary == {str(k): v for k, v in results.items()}
+  for step, r in results.items():
+    assert (
+      r["step"] == step and r["num_samples"] == 256 and r["num_batches"] == 4
+    )  # 297 test digits: 4 full batches of 64
+    # The DSM loss (reduce_mean, unweighted) of a barely trained net is of order 1 per dim:
+    # finite and positive is the fact; its value is tested in the losses tests.
+    assert 0 < r["loss"] < 10
+    # Dequantised bits/dim bound -log2 P(bin) / D >= 0 from above (P(bin) <= 1); a barely trained
+    # model is far from the data's few bits/dim but not absurd (the N(0, I) prior alone gives ~6).
+    assert 0 < r["bpd"] < 20
+    assert r["bpd_num_examples"] == 256 and r["bpd_num_repeats"] == 1
+    # The digits metric's fields; entropy of 10 classes is at most log 10.
+    assert 0 <= r["digits_class_entropy"] <= np.log(10) + 1e-9
+    assert 0 <= r["digits_confident_share"] <= 1 and r["digits_frechet_distance"] > 0
+    assert r["sample_nfe"] == 20  # Euler-Maruyama: one score evaluation per step, N = 20
+    folder = os.path.join(out, f"step_{step}")
+    samples = np.concatenate(
+      [np.load(os.path.join(folder, "samples", f"batch_{i:05d}.npz"))["samples"] for i in range(4)]
+    )
+    assert samples.shape == (256, 8, 8, 1) and samples.dtype == np.uint8
+    for i in range(4):
+      assert os.path.exists(os.path.join(folder, "samples", f"batch_{i:05d}.png"))
+    # The stored metric is recomputable from the stored samples.
+    again = evaluation.digits_metric(samples / 255.0, cache_dir=trained[1])
+    assert again["frechet_distance"] == pytest.approx(r["digits_frechet_distance"], rel=1e-9)
+    report = np.load(os.path.join(folder, "report.npz"))
+    assert float(report["bpd"]) == r["bpd"]
+  # Different checkpoints, different keys per step: the two steps' samples differ.
+  a, b = (
+    np.load(os.path.join(out, f"step_{s}", "samples", "batch_00000.npz"))["samples"]
+    for s in (20, 40)
+  )
+  assert not np.array_equal(a, b)
+  assert any(name.startswith("events") for name in os.listdir(os.path.join(out, "tensorboard")))
+
+
+def test_second_run_only_reads(trained, evaluated, monkeypatch):
+  workdir, results, times = evaluated
+
+  # Nothing may be restored, compiled or drawn.
+  def forbidden(*args, **kwargs):
+    raise AssertionError("a finished evaluation was recomputed")
+
+  monkeypatch.setattr(eval_lib.Evaluator, "restore", forbidden)
+  monkeypatch.setattr(eval_lib.Evaluator, "sample_batch", forbidden)
+  again = eval_lib.evaluate(tiny_config(trained[1]), workdir)
+  assert again == results
+  assert file_times(os.path.join(workdir, "eval")) == times
+
+
+RESUME_SCRIPT = textwrap.dedent(
+  """
+  import os, sys, time
+  os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  sys.path.insert(0, {root!r})
+  sys.path.insert(0, {tests!r})
+  import eval_lib
+  from test_eval_lib import tiny_config
+
+  # Slow each sample batch down after it is written, so that the parent can kill mid-sampling.
+  write = eval_lib.Evaluator.sample_batch
+  def slow(self, *args):
+    write(self, *args)
+    time.sleep(3.0)
+  eval_lib.Evaluator.sample_batch = slow
+  eval_lib.evaluate(tiny_config({cache!r}, **{{"eval.end_ckpt": 1, "eval.enable_bpd": False}}), {workdir!r})
+  """
+)
+
+
+@pytest.mark.slow  # about 25 s: a subprocess that imports jax and compiles the sampler again
+def test_resume_after_kill(trained, evaluated, tmp_path):
+  workdir = copy_workdir(trained, tmp_path)
+  samples = os.path.join(workdir, "eval", "step_20", "samples")
+  script = RESUME_SCRIPT.format(
+    root=ROOT, tests=os.path.join(ROOT, "tests"), cache=trained[1], workdir=workdir
+  )
+  process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE)
+  done = lambda: (
+    sorted(n for n in os.listdir(samples) if n.endswith(".npz")) if os.path.isdir(samples) else []
+  )
+  deadline = time.time() + 120
+  while len(done()) < 2 and time.time() < deadline and process.poll() is None:
+    time.sleep(0.1)
+  process.send_signal(signal.SIGKILL)
+  stderr = process.communicate()[1].decode()
+  finished = done()
+  assert 2 <= len(finished) < 4, stderr[-3000:]  # killed in the middle of sampling
+  assert not os.path.exists(os.path.join(workdir, "eval", "step_20", "sample_metrics.json"))
+  before = {n: os.stat(os.path.join(samples, n)).st_mtime_ns for n in finished}
+
+  results = eval_lib.evaluate(
+    tiny_config(trained[1], **{"eval.end_ckpt": 1, "eval.enable_bpd": False}), workdir
+  )
+  # Finished batches were not recomputed (nor rewritten); the rest were written.
+  assert {n: os.stat(os.path.join(samples, n)).st_mtime_ns for n in finished} == before
+  assert len(done()) == 4
+  # The same numbers as the uninterrupted run: the same keys per batch, the same samples.
+  reference = evaluated[1][20]
+  for key in ("loss", "digits_frechet_distance", "digits_confident_share", "digits_class_entropy"):
+    assert results[20][key] == reference[key], key
+  for i in range(4):
+    a = np.load(os.path.join(samples, f"batch_{i:05d}.npz"))["samples"]
+    b = np.load(os.path.join(evaluated[0], "eval", "step_20", "samples", f"batch_{i:05d}.npz"))[
+      "samples"
+    ]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_likelihood_mode_adds_bpd_only(trained, evaluated, tmp_path):
+  workdir = copy_workdir(trained, tmp_path)
+  results = eval_lib.likelihood(tiny_config(trained[1], **{"eval.end_ckpt": 1}), workdir, "eval")
+  assert set(results[20]) == {"step", "bpd", "bpd_std", "bpd_num_repeats", "bpd_num_examples"}
+  # The same keys as in the full evaluation: the same bits/dim.
+  assert results[20]["bpd"] == evaluated[1][20]["bpd"]
+
+
+@pytest.mark.parametrize(
+  "changes, error, words",
+  [
+    ({"eval.num_samples": 100}, ValueError, "num_samples = 100"),
+    ({"eval.batch_size": 60}, ValueError, "config.eval.batch_size = 60"),
+    ({"eval.begin_ckpt": 3, "eval.end_ckpt": 3}, FileNotFoundError, "[60]"),
+    ({"eval.begin_ckpt": 2, "eval.end_ckpt": 1}, ValueError, "empty range"),
+    ({"eval.begin_ckpt": 5, "eval.end_ckpt": None}, FileNotFoundError, "No periodic checkpoint"),
+    ({"eval.metric": "inception"}, FileNotFoundError, "inception_path is not set"),
+    ({"eval.metric": "fid"}, ValueError, "valid choices"),
+  ],
+)
+def test_bad_input_fails_first(trained, tmp_path, changes, error, words):
+  workdir = copy_workdir(trained, tmp_path)
+  with pytest.raises(error) as info:
+    eval_lib.evaluate(tiny_config(trained[1], **changes), workdir)
+  assert words in str(info.value)
+  assert not os.path.exists(os.path.join(workdir, "eval"))
+
+
+def test_end_ckpt_none_means_up_to_newest():
+  config = ml_collections.ConfigDict(
+    {"training": {"snapshot_freq": 10}, "eval": {"begin_ckpt": 2, "end_ckpt": None}}
+  )
+  # Step 35 is a pre-emption checkpoint, not a periodic snapshot: not counted.
+  assert eval_lib.checkpoint_steps(config, [10, 20, 30, 35]) == [20, 30]
+
+
+def test_missing_inception_file_and_wrong_resolution(tmp_path):
+  """Image data with the Inception metric: the errors come from the plan, before any restore."""
+  from configs.vp import cifar10_ddpmpp_continuous
+
+  config = cifar10_ddpmpp_continuous.get_config()
+  config.eval.enable_sampling = True
+  config.eval.batch_size = 64
+  config.eval.num_samples = 128
+  config.eval.cache_dir = str(tmp_path)
+
+  class FakeExperiment:
+    is_image, data_shape = True, (32, 32, 3)
+
+  stages = ("samples",)
+  with pytest.raises(FileNotFoundError) as info:
+    eval_lib.plan_evaluation(config, str(tmp_path), stages, FakeExperiment())
+  assert evaluation.INCEPTION_URL in str(info.value) and "inception_path is not set" in str(
+    info.value
+  )
+  config.eval.inception_path = str(tmp_path / "missing.pth")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    eval_lib.plan_evaluation(config, str(tmp_path), stages, FakeExperiment())
+  # Statistics at 64 px offered for a 32 px evaluation.
+  weights = tmp_path / "weights.pth"
+  weights.write_bytes(b"")
+  config.eval.inception_path = str(weights)
+  stats = str(tmp_path / "stats.npz")
+  np.savez(
+    stats, mu=np.zeros(2), sigma=np.eye(2), features=np.zeros((2, 2)), resolution=np.int64(64)
+  )
+  config.eval.stats_path = stats
+  with pytest.raises(ValueError, match="computed at 64x64"):
+    eval_lib.plan_evaluation(config, str(tmp_path), stages, FakeExperiment())
