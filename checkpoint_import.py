@@ -1,0 +1,558 @@
+"""Imports the paper's released checkpoints (score_sde_pytorch `.pth`, score_sde Flax) into this project.
+
+`import_checkpoint(config, workdir, checkpoint_path)` reads a released checkpoint, maps every tensor
+onto this project's parameter tree for `config`'s network, and writes an ordinary checkpoint of this
+project (orbax, with the config as JSON) holding the raw and the EMA parameters and the step, so
+that sampling, evaluation and likelihood modes run on it unchanged.
+
+Formats, detected from the file's first bytes (not its name):
+- PyTorch (`checkpoint_<n>.pth`): a zip (or legacy) pickle read by `pth_reader.load_pth`, which
+  rebuilds arrays and plain containers only. Layout: {"model": state_dict with keys
+  "module.<path>", "ema": {"decay", "num_updates", "shadow_params": [tensor, ...]},
+  "optimizer": ..., "step": int}. The EMA is a list in parameter order (parameters that require
+  gradients only).
+- Flax (`checkpoint_<n>`): `flax.serialization.to_bytes` of the original's State, msgpack:
+  {"step", "optimizer": {"target": params, "state": ...}, "lr", "model_state", "ema_rate",
+  "params_ema", "rng"}; parameter names are the Flax auto-names our modules reproduce.
+
+The mapping is data (`LEAF_RULES`, `TORCH_BUFFERS`) used the same way for every architecture:
+- each leaf of our tree (by its name and rank) names the reference leaf it comes from and the
+  layout change: conv kernels HWIO <- OIHW, dense kernels (in, out) <- (out, in), GroupNorm
+  scale / bias <- weight / bias (or the (1, 1, 1, C) arrays of old Flax checkpoints), NIN `W` / `b`
+  and the Fourier `W` unchanged (the latter goes to the "constants" collection);
+- PyTorch module paths: the port keeps the network's top-level layers in one ModuleList
+  (`all_modules.<i>`) in creation order, which is the order in which our network creates its
+  top-level submodules (recorded while tracing it), so the i-th of our top-level modules that owns
+  variables is the i-th `all_modules` entry that owns tensors; inside it the port's attribute names
+  are the Flax auto-names (`GroupNorm_0`, `Conv_1`, `NIN_2`, ...). Every shape is checked;
+- buffers of the port (`sigmas`) are checked against the values this project derives from the config.
+Every reference tensor must be used and every leaf of ours filled: anything else is an
+`ImportError_` naming it (and both shapes for a shape mismatch).
+
+Nothing is written until the whole checkpoint has been read and mapped; a failure while writing
+removes what was written, so an error never leaves a partial checkpoint in the work directory.
+
+The fixed Fourier weights of NCSN++ are not trained parameters: they are written next to the
+checkpoints as `<workdir>/checkpoints/constants.msgpack` ({"constants": {...}}) and read back with
+`load_constants(workdir)`, to be passed as `get_score_fn(..., constants=...)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+import checkpoints
+import losses
+import pth_reader
+import sde_lib
+from models import utils as mutils
+
+__all__ = [
+  "CheckpointImportError",
+  "LEAF_RULES",
+  "detect_format",
+  "import_checkpoint",
+  "load_constants",
+  "map_flax",
+  "map_pth",
+  "target_tree",
+]
+
+CONSTANTS_FILE = "constants.msgpack"
+
+Path = tuple[str, ...]
+
+
+class CheckpointImportError(ValueError):
+  """A released checkpoint that does not match the config's network, or cannot be read."""
+
+
+# --- The mapping, as data ------------------------------------------------------------------------
+
+
+def _identity(a: np.ndarray) -> np.ndarray:
+  return a
+
+
+def _oihw_to_hwio(a: np.ndarray) -> np.ndarray:
+  return np.transpose(a, (2, 3, 1, 0))
+
+
+def _transpose(a: np.ndarray) -> np.ndarray:
+  return a.T
+
+
+def _hwio_to_oihw(a: np.ndarray) -> np.ndarray:
+  return np.transpose(a, (3, 2, 0, 1))
+
+
+Rule = tuple[str, Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]
+
+# (our leaf name, our rank) -> (PyTorch leaf name, PyTorch array -> ours, ours -> PyTorch).
+# Rank None: any rank.
+LEAF_RULES: dict[tuple[str, int | None], Rule] = {
+  ("kernel", 4): ("weight", _oihw_to_hwio, _hwio_to_oihw),  # nn.Conv2d: OIHW -> HWIO
+  ("weight", 4): ("weight", _oihw_to_hwio, _hwio_to_oihw),  # FIR up/down-sampling Conv2d
+  ("kernel", 2): ("weight", _transpose, _transpose),  # nn.Linear: (out, in) -> (in, out)
+  ("scale", 1): ("weight", _identity, _identity),  # GroupNorm / norm layers
+  ("bias", None): ("bias", _identity, _identity),
+  ("W", None): ("W", _identity, _identity),  # NIN (in, out) as ours; Fourier frequencies
+  ("b", None): ("b", _identity, _identity),
+}
+
+
+def _sigmas_buffer(config: Any) -> np.ndarray:
+  sde = config.sde
+  return np.exp(
+    np.linspace(np.log(float(sde.sigma_max)), np.log(float(sde.sigma_min)), int(sde.N))
+  )
+
+
+def _check_sigmas(value: np.ndarray, config: Any) -> str | None:
+  """The port's `sigmas` buffer: the geometric noise levels of config.sde (unused by VP models)."""
+  if "sigma_min" not in config.sde:
+    return None  # VP / sub-VP configs: the buffer comes from the model defaults, never used.
+  expected = _sigmas_buffer(config)
+  if value.shape != expected.shape or not np.allclose(value, expected, rtol=1e-5):
+    return (
+      f"buffer 'sigmas' {value.shape} [{value.ravel()[:1]}...] differs from the levels of "
+      f"config.sde (sigma_min, sigma_max, N) {expected.shape}"
+    )
+  return None
+
+
+# PyTorch buffers (top-level name -> check against the config): consumed, not mapped.
+TORCH_BUFFERS: dict[str, Callable[[np.ndarray, Any], str | None]] = {"sigmas": _check_sigmas}
+
+# Reference tensors the port creates but its forward pass never reads: (when, key prefix inside a
+# top-level module). Unconditional NCSN++ still builds every residual block's time-embedding Dense.
+TORCH_UNUSED: tuple[tuple[Callable[[Any], bool], str], ...] = (
+  (lambda config: not config.model.get("conditional", True), "Dense_0."),
+)
+
+# Our variable collections that hold released tensors (params first: the EMA covers only those).
+_COLLECTIONS = ("params", "constants")
+
+
+# --- Our target tree -----------------------------------------------------------------------------
+
+
+def target_tree(config: Any) -> tuple[nn.Module, dict[str, Any], list[str]]:
+  """The network of `config`, its variables' shapes, and its top-level submodules in creation order.
+
+  Returns:
+    (model, {collection: nested dict of jax.ShapeDtypeStruct}, [top-level module name, ...]).
+  """
+  model = mutils.get_model(config)
+  sde = sde_lib.get_sde(config.sde)
+  continuous = bool(config.training.continuous)
+  shape = (1, int(config.data.image_size), int(config.data.image_size), int(config.data.num_channels))
+  order: list[str] = []
+
+  def record(next_fn, args, kwargs, context):
+    scope = context.module.scope
+    if scope is not None and len(scope.path) == 1 and scope.path[0] not in order:
+      order.append(scope.path[0])
+    return next_fn(*args, **kwargs)
+
+  def init(key):
+    with nn.intercept_methods(record):
+      return mutils.init_variables(key, model, sde, shape, continuous)
+
+  variables = jax.eval_shape(init, jax.random.key(0))
+  return model, dict(variables), order
+
+
+def _our_leaves(variables: Mapping[str, Any]) -> dict[Path, tuple[str, tuple[int, ...]]]:
+  """{(module, ..., leaf): (collection, shape)} for the collections that released files hold."""
+  leaves = {}
+  for collection in _COLLECTIONS:
+    for path, leaf in flatten_dict(dict(variables.get(collection, {}))).items():
+      leaves[tuple(path)] = (collection, tuple(leaf.shape))
+  return leaves
+
+
+def _rule(path: Path, ndim: int) -> Rule:
+  name = path[-1]
+  rule = LEAF_RULES.get((name, ndim)) or LEAF_RULES.get((name, None))
+  if rule is None:
+    raise CheckpointImportError(
+      f"No mapping rule for our leaf {'/'.join(path)} (rank {ndim}): add one to LEAF_RULES."
+    )
+  return rule
+
+
+# --- PyTorch -------------------------------------------------------------------------------------
+
+
+def _torch_groups(state_dict: Mapping[str, np.ndarray]) -> tuple[list[tuple[str, dict]], dict]:
+  """Splits a state_dict into ordered top-level module groups and top-level tensors (buffers).
+
+  `all_modules.<i>.<rest>` -> group "all_modules.<i>" with key <rest>; `<name>.<rest>` -> group
+  "<name>"; a key with no dot is a top-level tensor.
+  """
+  groups: dict[str, dict[str, np.ndarray]] = {}
+  top: dict[str, np.ndarray] = {}
+  for key, value in state_dict.items():
+    parts = key.split(".")
+    if len(parts) == 1:
+      top[key] = value
+      continue
+    n = 2 if parts[0] == "all_modules" and len(parts) > 2 else 1
+    groups.setdefault(".".join(parts[:n]), {})[".".join(parts[n:])] = value
+  return list(groups.items()), top
+
+
+def map_pth(
+  config: Any, state_dict: Mapping[str, Any], ema_list: list[Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+  """Maps a score_sde_pytorch model state_dict (and EMA list) onto our variables.
+
+  Args:
+    config: the experiment config whose network the checkpoint is for.
+    state_dict: {"module.<path>" or "<path>": array}, in the file's order.
+    ema_list: the EMA's `shadow_params` (parameter order, trainable parameters only), or None.
+
+  Returns:
+    ({"params": ..., "constants": ...} from the model weights, the same from the EMA or None); the
+    EMA's constants are the model's (they are not trained).
+
+  Raises:
+    CheckpointImportError naming the first tensor that is unmapped, unused or of the wrong shape.
+  """
+  _, variables, order = target_tree(config)
+  ours = _our_leaves(variables)
+  by_module: dict[str, dict[Path, tuple[str, tuple[int, ...]]]] = {}
+  for path, info in ours.items():
+    by_module.setdefault(path[0], {})[path[1:]] = info
+  modules = [name for name in order if name in by_module]
+  missing_order = sorted(set(by_module) - set(modules))
+  if missing_order:  # a module holding variables that was never called: cannot be ordered
+    raise CheckpointImportError(f"Modules {missing_order} were not traced in call order.")
+
+  sd = {}
+  for key, value in state_dict.items():
+    if not isinstance(value, np.ndarray):
+      raise CheckpointImportError(f"model entry {key!r} is a {type(value).__name__}, not an array.")
+    sd[key[len("module.") :] if key.startswith("module.") else key] = value
+  groups, top = _torch_groups(sd)
+
+  for name, value in top.items():
+    if name not in TORCH_BUFFERS:
+      raise CheckpointImportError(f"Reference tensor {name!r} {value.shape} has no mapping.")
+    problem = TORCH_BUFFERS[name](value, config)
+    if problem:
+      raise CheckpointImportError(f"Reference {problem}: a checkpoint of another config?")
+
+  flat: dict[Path, np.ndarray] = {}
+  torch_key_of: dict[Path, str] = {}
+  for i, (group, tensors) in enumerate(groups):
+    if i >= len(modules):
+      first = next(iter(tensors))
+      raise CheckpointImportError(
+        f"Reference tensor '{group}.{first}' {tensors[first].shape} has no counterpart: the "
+        f"checkpoint has more layers than the config's network ({len(modules)} modules with "
+        "weights); a checkpoint of another architecture or config?"
+      )
+    module = modules[i]
+    unused = dict(tensors)
+    for sub, (collection, shape) in by_module[module].items():
+      torch_leaf, transform, _ = _rule(sub, len(shape))
+      torch_key = ".".join((*sub[:-1], torch_leaf))
+      our_name = "/".join((module, *sub))
+      if torch_key not in unused:
+        raise CheckpointImportError(
+          f"Our {collection} leaf {our_name} {shape} expects reference tensor "
+          f"'{group}.{torch_key}', which is missing (that module has "
+          f"{sorted(tensors)}): a checkpoint of another architecture or config?"
+        )
+      value = unused.pop(torch_key)
+      torch_key = f"{group}.{torch_key}"
+      if value.shape != shape and value.size == int(np.prod(shape)) and value.ndim > len(shape):
+        value = value.reshape(shape)  # e.g. GroupNorm (1, 1, 1, C)
+      mapped = transform(value)
+      if mapped.shape != shape:
+        raise CheckpointImportError(
+          f"Shape mismatch at our {our_name}: expects {shape}, reference '{torch_key}' "
+          f"has {value.shape} (-> {mapped.shape}); a checkpoint of another config?"
+        )
+      flat[(collection, module, *sub)] = np.ascontiguousarray(mapped, dtype=np.float32)
+      torch_key_of[(collection, module, *sub)] = torch_key
+    for when, prefix in TORCH_UNUSED:
+      if when(config):
+        unused = {k: v for k, v in unused.items() if not k.startswith(prefix)}
+    if unused:
+      first = next(iter(unused))
+      raise CheckpointImportError(
+        f"Reference tensor '{group}.{first}' {unused[first].shape} is not used by our module "
+        f"{module}: a checkpoint of another architecture or config?"
+      )
+  if len(groups) < len(modules):
+    module = modules[len(groups)]
+    sub, (collection, shape) = next(iter(by_module[module].items()))
+    raise CheckpointImportError(
+      f"Our {collection} leaf {'/'.join((module, *sub))} {shape} has no reference tensor: the "
+      f"checkpoint has fewer layers ({len(groups)}) than the network ({len(modules)})."
+    )
+
+  model_vars = _unflatten(flat)
+  if ema_list is None:
+    return model_vars, None
+
+  # EMA: the port's trainable parameters in state_dict order: every tensor but the buffers and
+  # the constants (fixed Fourier weights), including the never-read ones of TORCH_UNUSED.
+  path_of = {key: path for path, key in torch_key_of.items()}
+  trainable = [
+    (path_of.get(key), key)
+    for key in sd
+    if key not in top and not (key in path_of and path_of[key][0] != "params")
+  ]
+  if len(ema_list) != len(trainable):
+    raise CheckpointImportError(
+      f"The EMA holds {len(ema_list)} tensors but the model has {len(trainable)} trainable "
+      "parameters: a checkpoint of another config, or a corrupt EMA?"
+    )
+  ema_flat = {k: v for k, v in flat.items() if k[0] != "params"}
+  for j, ((path, torch_key), value) in enumerate(zip(trainable, ema_list, strict=True)):
+    if not isinstance(value, np.ndarray) or value.shape != sd[torch_key].shape:
+      got = getattr(value, "shape", type(value).__name__)
+      raise CheckpointImportError(
+        f"EMA tensor {j} has shape {got} but parameter {j} in order, '{torch_key}', has "
+        f"{sd[torch_key].shape}."
+      )
+    if path is None:  # a TORCH_UNUSED tensor
+      continue
+    _, transform, _ = _rule(path[2:], len(flat[path].shape))
+    ema_flat[path] = np.ascontiguousarray(
+      transform(value.reshape(sd[torch_key].shape)), dtype=np.float32
+    )
+  return model_vars, _unflatten(ema_flat)
+
+
+def _unflatten(flat: Mapping[Path, np.ndarray]) -> dict[str, Any]:
+  return {k: v for k, v in unflatten_dict(dict(flat)).items()}
+
+
+def torch_layout(config: Any) -> dict[str, tuple[int, ...]]:
+  """The score_sde_pytorch state_dict layout of `config`'s network, through the inverse mapping.
+
+  {"module.<key>": shape} in state_dict order: the `sigmas` buffer (levels of config.sde, or of
+  the VE defaults), then `all_modules.<i>.<sub>.<leaf>` for our i-th top-level module that holds
+  variables (the port's numbering also counts parameter-free layers; readers only use the order).
+  Unconditional networks' never-read Dense_0 tensors (TORCH_UNUSED) are not produced.
+  """
+  _, variables, order = target_tree(config)
+  ours = _our_leaves(variables)
+  by_module: dict[str, list[tuple[Path, tuple[int, ...]]]] = {}
+  for path, (_, shape) in ours.items():
+    by_module.setdefault(path[0], []).append((path[1:], shape))
+  n = int(config.sde.N)
+  layout = {"module.sigmas": (n,)}
+  for i, module in enumerate(name for name in order if name in by_module):
+    for sub, shape in by_module[module]:
+      torch_leaf, _, inverse = _rule(sub, len(shape))
+      key = ".".join(("module", "all_modules", str(i), *sub[:-1], torch_leaf))
+      layout[key] = inverse(np.empty(shape, np.uint8)).shape
+  return layout
+
+
+def random_torch_checkpoint(config: Any, seed: int = 0) -> dict[str, Any]:
+  """A checkpoint in the released .pth layout with random weights, for tests and benchmarks.
+
+  {"model": state_dict, "ema": {"decay", "num_updates", "shadow_params"}, "optimizer": {}, "step"};
+  the `sigmas` buffer holds config.sde's levels (VE) and the Fourier W is not in the EMA.
+  """
+  rng = np.random.default_rng(seed)
+  model, ema = {}, []
+  for key, shape in torch_layout(config).items():
+    if key == "module.sigmas":
+      sde = config.sde
+      model[key] = (
+        _sigmas_buffer(config).astype(np.float32)
+        if "sigma_min" in sde
+        else np.ones(shape, np.float32)
+      )
+      continue
+    model[key] = (0.05 * rng.standard_normal(shape)).astype(np.float32)
+    if not key.endswith(".W") or len(shape) != 1:  # the fixed Fourier W is not trained
+      ema.append(model[key] + np.float32(0.01))
+  return {
+    "optimizer": {},
+    "model": model,
+    "ema": {"decay": 0.999, "num_updates": 10, "shadow_params": ema},
+    "step": 10,
+  }
+
+
+# --- Flax ----------------------------------------------------------------------------------------
+
+
+def map_flax(config: Any, tree: Mapping[str, Any], which: str) -> dict[str, Any]:
+  """Maps a Flax parameter tree of the original code (`optimizer.target` or `params_ema`).
+
+  Names are our own; the Fourier `W` moves from params to "constants", GroupNorm (1, 1, 1, C)
+  arrays become (C,). Every leaf must be used and every shape match.
+  """
+  _, variables, _ = target_tree(config)
+  ours = _our_leaves(variables)
+  theirs = {tuple(p): np.asarray(v) for p, v in flatten_dict(dict(tree)).items()}
+  flat = {}
+  for path, (collection, shape) in ours.items():
+    name = "/".join(path)
+    if path not in theirs:
+      raise CheckpointImportError(
+        f"Our {collection} leaf {name} {shape} is missing from the checkpoint's {which}: a "
+        "checkpoint of another architecture or config?"
+      )
+    value = theirs.pop(path)
+    if value.shape != shape and value.size == int(np.prod(shape)) and value.ndim > len(shape):
+      value = value.reshape(shape)
+    if value.shape != shape:
+      raise CheckpointImportError(
+        f"Shape mismatch at {name}: ours {shape}, the checkpoint's {which} has {value.shape}."
+      )
+    flat[(collection, *path)] = np.ascontiguousarray(value, dtype=np.float32)
+  if theirs:
+    path = next(iter(theirs))
+    raise CheckpointImportError(
+      f"Checkpoint tensor {which}/{'/'.join(path)} {theirs[path].shape} is not used by the "
+      "config's network: a checkpoint of another architecture or config?"
+    )
+  return _unflatten(flat)
+
+
+# --- Reading files -------------------------------------------------------------------------------
+
+
+def detect_format(path: str | os.PathLike) -> str:
+  """"pth" (zip or legacy pickle) or "flax" (msgpack map), from the file's first bytes."""
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if head.startswith(b"PK\x03\x04"):
+    return "pth"
+  if len(head) >= 3 and head[0] == 0x80 and head[1] <= 5 and head[2] == 0x8A:
+    return "pth"  # legacy torch.save: PROTO, then the LONG1 magic number
+  if head and (0x80 <= head[0] <= 0x8F or head[0] in (0xDE, 0xDF)):
+    return "flax"
+  raise CheckpointImportError(
+    f"{os.fspath(path)} is neither a PyTorch .pth (zip / pickle) nor a Flax msgpack checkpoint "
+    f"(first bytes {head!r})."
+  )
+
+
+def read_checkpoint(config: Any, path: str | os.PathLike) -> tuple[dict, dict, int]:
+  """Reads and maps a released checkpoint: (model variables, EMA variables, step)."""
+  fmt = detect_format(path)
+  if fmt == "pth":
+    try:
+      ckpt = pth_reader.load_pth(path)
+    except pth_reader.PthError as e:
+      raise CheckpointImportError(f"Cannot read {os.fspath(path)}: {e}") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+      raise CheckpointImportError(
+        f"{os.fspath(path)} is a .pth without a 'model' entry (keys: "
+        f"{sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__}): not a released "
+        "score_sde_pytorch checkpoint."
+      )
+    ema = ckpt.get("ema")
+    ema_list = None
+    if ema is not None:
+      if not isinstance(ema, dict) or not isinstance(ema.get("shadow_params"), list | tuple):
+        raise CheckpointImportError("The checkpoint's 'ema' has no 'shadow_params' list.")
+      ema_list = list(ema["shadow_params"])
+    model_vars, ema_vars = map_pth(config, ckpt["model"], ema_list)
+    step = int(np.asarray(ckpt.get("step", 0)))
+  else:
+    with open(path, "rb") as f:
+      data = f.read()
+    try:
+      state = serialization.msgpack_restore(data)
+    except Exception as e:  # msgpack raises several types for truncated / corrupt data
+      raise CheckpointImportError(f"Cannot read {os.fspath(path)} as a Flax checkpoint: {e}") from e
+    try:
+      target = state["optimizer"]["target"]
+    except (KeyError, TypeError) as e:
+      raise CheckpointImportError(
+        f"{os.fspath(path)} has no optimizer/target: not a released score_sde checkpoint."
+      ) from e
+    model_vars = map_flax(config, target, "optimizer/target")
+    ema_vars = map_flax(config, state["params_ema"], "params_ema") if "params_ema" in state else None
+    step = int(np.asarray(state.get("step", 0)))
+  if ema_vars is None:
+    logging.warning("The checkpoint has no EMA: its raw weights are used as the EMA too.")
+    ema_vars = model_vars
+  elif "constants" in model_vars:
+    ema_vars["constants"] = model_vars["constants"]
+  return model_vars, ema_vars, step
+
+
+# --- Writing -------------------------------------------------------------------------------------
+
+
+def load_constants(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """The imported non-trainable collections ({"constants": ...}) of `workdir`, or None."""
+  path = os.path.join(os.fspath(workdir), "checkpoints", CONSTANTS_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, "rb") as f:
+    restored = serialization.msgpack_restore(f.read())
+  return jax.tree.map(jnp.asarray, restored)
+
+
+def import_checkpoint(config: Any, workdir: str | os.PathLike, checkpoint_path: str) -> int:
+  """Imports a released checkpoint into `<workdir>/checkpoints` as this project's train state.
+
+  Writes the step's orbax checkpoint (params = the raw weights, ema_params = the EMA, opt_state
+  freshly initialised, the config as JSON) and, when the network has fixed constants (NCSN++'s
+  Fourier weights), `<workdir>/checkpoints/constants.msgpack`.
+
+  Returns:
+    The imported step.
+
+  Raises:
+    CheckpointImportError: unreadable file, or one that does not fit `config`'s network (the error
+      names the tensor). FileExistsError: `workdir` already holds checkpoints. Nothing is left in
+      `workdir` by a failed import.
+  """
+  model_vars, ema_vars, step = read_checkpoint(config, checkpoint_path)  # before touching workdir
+  directory = os.path.join(os.fspath(workdir), "checkpoints")
+  if os.path.isdir(directory) and os.listdir(directory):
+    raise FileExistsError(
+      f"{directory} already holds checkpoints: import into an empty work directory."
+    )
+  params = jax.tree.map(jnp.asarray, model_vars["params"])
+  state = losses.init_train_state(params, losses.get_optimizer(config.optim))
+  state = state.replace(
+    step=jnp.asarray(step, jnp.int32), ema_params=jax.tree.map(jnp.asarray, ema_vars["params"])
+  )
+  created = [p for p in (os.fspath(workdir), directory) if not os.path.exists(p)]
+  try:
+    os.makedirs(directory, exist_ok=True)
+    if "constants" in model_vars:
+      tmp = os.path.join(directory, CONSTANTS_FILE + ".tmp")
+      with open(tmp, "wb") as f:
+        f.write(serialization.msgpack_serialize({"constants": model_vars["constants"]}))
+      os.replace(tmp, os.path.join(directory, CONSTANTS_FILE))
+    with checkpoints.CheckpointManager(directory) as manager:
+      manager.save(step, state, config)
+  except BaseException:
+    if created:  # remove the directories this call created, with all they hold
+      shutil.rmtree(created[0], ignore_errors=True)
+    else:  # the (empty) checkpoint directory existed: empty it again
+      for name in os.listdir(directory):
+        full = os.path.join(directory, name)
+        shutil.rmtree(full, ignore_errors=True) if os.path.isdir(full) else os.remove(full)
+    raise
+  logging.info("Imported %s (step %d) into %s.", checkpoint_path, step, directory)
+  return step

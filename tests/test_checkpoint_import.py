@@ -1,0 +1,268 @@
+"""Import of released checkpoints (checkpoint_import.py) against the reference networks.
+
+- PyTorch: for each fixture of tests/fixtures/import (score_sde_pytorch networks with random
+  weights, written by tools/make_import_fixtures.py; the cases cover Fourier / positional
+  embeddings, FIR / plain resampling, BigGAN / DDPM blocks, every progressive and progressive_input
+  mode, sum / cat combine, conditional or not, scale_by_sigma with sigma or with level indices),
+  `import_checkpoint` writes an orbax checkpoint; restored, our network gives the reference's
+  outputs with the raw and with the EMA weights, and `get_score_fn` gives the reference's scores
+  for its SDE (VE / VP) and time (continuous / discrete); the step is kept.
+- Flax: the same weights written in the original's State layout (optimizer target with the Fourier
+  W among the params, GroupNorm scale / bias shaped (1, 1, 1, C), params_ema) import to the same
+  outputs. This proves the Flax reader and its layout changes; the names are ours, which equal the
+  original's auto-names by tests/test_ncsnpp.py's comparison with the original code.
+- The format is read from the content: a .pth without suffix and a Flax file named .pth import.
+- Bad input: truncated file, another config's checkpoint (error names the tensor and both shapes),
+  a pickle calling os.system (refused, named), an EMA list one short: clear error, and the work
+  directory holds no checkpoint afterwards.
+- Slow: the full-size ve/cifar10_ncsnpp_continuous and vp/cifar10_ddpmpp_continuous layouts
+  (random weights through the inverse mapping) map and run under jax.eval_shape.
+
+Tolerance: the fixture outputs are float32 from PyTorch; the same float32 network in XLA sums in
+another order, giving relative differences about 1e-6 (measured 2e-6 at most), so 1e-5 relative
+to the output's largest magnitude.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import pickle
+import shutil
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import serialization
+
+import checkpoint_import as ci
+import checkpoints
+import losses
+import pth_reader
+import sde_lib
+from models import utils as mutils
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "import"
+CASES = sorted(p.stem for p in FIXTURES.glob("*.pth"))
+RTOL = 1e-5  # float32 round-off of two summation orders (see the module docstring)
+
+
+def _config(ref) -> ml_collections.ConfigDict:
+  c = json.loads(str(ref["config"]))
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(c["model"])
+  config.sde = ml_collections.ConfigDict(c["sde"])
+  config.data = ml_collections.ConfigDict(c["data"])
+  config.training = ml_collections.ConfigDict({"continuous": c["continuous"]})
+  config.optim = ml_collections.ConfigDict(
+    {"optimizer": "Adam", "lr": 2e-4, "beta1": 0.9, "eps": 1e-8, "warmup": 5000, "grad_clip": 1.0}
+  )
+  return config
+
+
+def _close(actual, expected):
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.shape == expected.shape
+  err = np.abs(actual - expected).max() / np.abs(expected).max()
+  assert err < RTOL, err
+
+
+def _restore(config, workdir):
+  model, variables, _ = ci.target_tree(config)
+  abstract = jax.eval_shape(
+    lambda p: losses.init_train_state(p, losses.get_optimizer(config.optim)), variables["params"]
+  )
+  with checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints")) as manager:
+    step = manager.latest_step()
+    state = manager.restore(step, abstract)
+  return model, state, step, ci.load_constants(workdir)
+
+
+def _check_outputs(config, ref, model, params, ema_params, constants):
+  x, c_noise = jnp.asarray(ref["x"]), jnp.asarray(ref["c_noise"])
+  apply = jax.jit(lambda p, x, c: model.apply({"params": p, **(constants or {})}, x, c, train=False))
+  _close(apply(params, x, c_noise), ref["out_raw"])
+  _close(apply(ema_params, x, c_noise), ref["out_ema"])
+  sde = sde_lib.get_sde(config.sde)
+  continuous = bool(config.training.continuous)
+  score_fn = mutils.get_score_fn(sde, model, continuous, constants=constants)
+  _close(score_fn(ema_params, x, jnp.asarray(ref["t"])), ref["score_ema"])
+
+
+def _assert_no_checkpoint(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  assert not os.path.exists(directory) or not os.listdir(directory)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_pth_import_matches_reference(case, tmp_path):
+  ref = np.load(FIXTURES / f"{case}.npz")
+  config = _config(ref)
+  workdir = str(tmp_path / "run")
+  step = ci.import_checkpoint(config, workdir, str(FIXTURES / f"{case}.pth"))
+  assert step == int(ref["step"])
+  model, state, restored_step, constants = _restore(config, workdir)
+  assert restored_step == step and int(state.step) == step
+  assert (constants is not None) == (config.model.embedding_type == "fourier")
+  _check_outputs(config, ref, model, state.params, state.ema_params, constants)
+  saved = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  assert saved.restore_config(step)["model"]["nf"] == config.model.nf
+  saved.close()
+
+
+def _flax_state_bytes(config, model_vars, ema_vars, step) -> bytes:
+  """The original's State layout: Fourier W among the params, GroupNorm as (1, 1, 1, C)."""
+
+  def original(variables):
+    tree = jax.tree_util.tree_map_with_path(
+      lambda path, v: (
+        np.asarray(v).reshape(1, 1, 1, -1)
+        if "GroupNorm" in jax.tree_util.keystr(path[-2:-1]) and v.ndim == 1
+        else np.asarray(v)
+      ),
+      variables["params"],
+    )
+    for module, leaves in variables.get("constants", {}).items():
+      tree[module] = {k: np.asarray(v) for k, v in leaves.items()}
+    return tree
+
+  target = original(model_vars)
+  state = {
+    "step": np.int64(step),
+    "optimizer": {
+      "target": target,
+      "state": {"step": np.int64(step), "param_states": jax.tree.map(np.zeros_like, target)},
+    },
+    "lr": np.float32(2e-4),
+    "model_state": {},
+    "ema_rate": np.float32(0.999),
+    "params_ema": original(ema_vars),
+    "rng": np.zeros(2, np.uint32),
+  }
+  return serialization.msgpack_serialize(state)
+
+
+@pytest.mark.parametrize("case", ["ncsnpp_ve_continuous", "ddpmpp_vp_continuous"])
+def test_flax_layout_import_matches_reference(case, tmp_path):
+  ref = np.load(FIXTURES / f"{case}.npz")
+  config = _config(ref)
+  model_vars, ema_vars, step = ci.read_checkpoint(config, FIXTURES / f"{case}.pth")
+  path = tmp_path / "checkpoint_7.pth"  # a misleading suffix: the content decides
+  path.write_bytes(_flax_state_bytes(config, model_vars, ema_vars, 7))
+  assert ci.detect_format(path) == "flax"
+  workdir = str(tmp_path / "run")
+  assert ci.import_checkpoint(config, workdir, str(path)) == 7
+  model, state, _, constants = _restore(config, workdir)
+  _check_outputs(config, ref, model, state.params, state.ema_params, constants)
+
+
+def test_format_from_content_not_name(tmp_path):
+  path = tmp_path / "checkpoint_24"
+  shutil.copy(FIXTURES / "ncsnpp_ve_continuous.pth", path)
+  assert ci.detect_format(path) == "pth"
+  path.write_bytes(b"not a checkpoint")
+  with pytest.raises(ci.CheckpointImportError, match="neither"):
+    ci.detect_format(path)
+
+
+def _ve_case():
+  ref = np.load(FIXTURES / "ncsnpp_ve_continuous.npz")
+  return ref, _config(ref)
+
+
+def test_truncated_file(tmp_path):
+  _, config = _ve_case()
+  data = (FIXTURES / "ncsnpp_ve_continuous.pth").read_bytes()
+  path = tmp_path / "truncated.pth"
+  path.write_bytes(data[: len(data) // 2])
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ci.CheckpointImportError, match="Cannot read"):
+    ci.import_checkpoint(config, workdir, str(path))
+  assert not os.path.exists(workdir)
+
+
+def test_other_config_names_tensor_and_shapes(tmp_path):
+  _, config = _ve_case()
+  config.model.nf = 16  # the fixture has nf = 8
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ci.CheckpointImportError) as info:
+    ci.import_checkpoint(config, workdir, str(FIXTURES / "ncsnpp_ve_continuous.pth"))
+  message = str(info.value)
+  # The first tensor in order is the Fourier W: ours (16,), the file's (8,).
+  assert "GaussianFourierProjection_0/W" in message and "(16,)" in message and "(8,)" in message
+  assert not os.path.exists(workdir)
+
+
+def test_other_architecture(tmp_path):
+  ref = np.load(FIXTURES / "ddpmpp_vp_continuous.npz")
+  config = _config(ref)
+  with pytest.raises(ci.CheckpointImportError, match="another architecture or config"):
+    ci.import_checkpoint(config, str(tmp_path / "run"), str(FIXTURES / "ncsnpp_ve_continuous.pth"))
+  _assert_no_checkpoint(str(tmp_path / "run"))
+
+
+def test_unsafe_pickle_refused(tmp_path):
+  _, config = _ve_case()
+
+  class Evil:
+    def __reduce__(self):
+      return (os.system, ("echo pwned",))
+
+  buffer = io.BytesIO()
+  pickle.dump({"model": Evil()}, buffer, protocol=2)
+  path = tmp_path / "evil.pth"
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", buffer.getvalue())
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ci.CheckpointImportError, match="system"):
+    ci.import_checkpoint(config, workdir, str(path))
+  assert not os.path.exists(workdir)
+
+
+def test_ema_of_wrong_length(tmp_path):
+  _, config = _ve_case()
+  ckpt = pth_reader.load_pth(FIXTURES / "ncsnpp_ve_continuous.pth")
+  ckpt["ema"]["shadow_params"] = ckpt["ema"]["shadow_params"][:-1]
+  path = tmp_path / "short_ema.pth"
+  pth_reader.save_pth(ckpt, path)
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)  # an existing empty directory stays empty
+  with pytest.raises(ci.CheckpointImportError, match="EMA holds"):
+    ci.import_checkpoint(config, str(workdir), str(path))
+  _assert_no_checkpoint(str(workdir))
+
+
+def test_refuses_workdir_with_checkpoints(tmp_path):
+  _, config = _ve_case()
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "5").mkdir(parents=True)
+  with pytest.raises(FileExistsError):
+    ci.import_checkpoint(config, str(workdir), str(FIXTURES / "ncsnpp_ve_continuous.pth"))
+
+
+def _paper_config(name):
+  import importlib
+
+  return importlib.import_module(f"configs.{name.replace('/', '.')}").get_config()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ve/cifar10_ncsnpp_continuous", "vp/cifar10_ddpmpp_continuous"])
+def test_full_size_layout_imports_and_runs(name):
+  config = _paper_config(name)
+  ckpt = ci.random_torch_checkpoint(config)
+  model_vars, ema_vars = ci.map_pth(config, ckpt["model"], ckpt["ema"]["shadow_params"])
+  n = sum(v.size for v in jax.tree.leaves(model_vars["params"]))
+  assert n == {"ve/cifar10_ncsnpp_continuous": 62_758_787, "vp/cifar10_ddpmpp_continuous": 61_804_419}[
+    name
+  ]  # the published PyTorch parameter counts (tests/test_ncsnpp.py)
+  model = mutils.get_model(config)
+  x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  c = jax.ShapeDtypeStruct((2,), jnp.float32)
+  out = jax.eval_shape(lambda v, x, c: model.apply(v, x, c, train=False), ema_vars, x, c)
+  assert out.shape == (2, 32, 32, 3)
