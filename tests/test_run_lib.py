@@ -254,7 +254,8 @@ def test_config_errors_name_the_field_before_compiling(
 @pytest.mark.slow
 def test_digits_default_runs_from_the_readme_command(tmp_path):
   """`python main.py --workdir ...` with no --config: the digits NCSN++ default, on the one real
-  CPU device as a user runs it, for 2 steps with a 3-step sampler."""
+  CPU device as a user runs it, for 2 steps and a snapshot with a 3-step sampler (no evaluation:
+  the toy run covers it, and each compilation of this network takes tens of seconds here)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   workdir = str(tmp_path / "digits")
   args = [
@@ -264,7 +265,7 @@ def test_digits_default_runs_from_the_readme_command(tmp_path):
     "--config.training.snapshot_freq=2",
     "--config.training.snapshot_freq_for_preemption=2",
     "--config.training.log_freq=1",
-    "--config.training.eval_freq=2",
+    "--config.training.eval_freq=1000",
     "--config.sampling.batch_size=16",
     "--config.sde.N=3",
   ]
@@ -280,4 +281,4 @@ def test_digits_default_runs_from_the_readme_command(tmp_path):
   assert os.path.exists(os.path.join(workdir, "samples", "2", "samples.png"))
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
   scalars = read_scalars(os.path.join(workdir, "tensorboard"))
-  assert np.isfinite(scalars["loss"][2]) and np.isfinite(scalars["eval_loss"][2])
+  assert np.isfinite(scalars["loss"][2]) and scalars["sample_nfe"][2] == 3
