@@ -152,7 +152,7 @@ def inpaint(sde, n, corrector="none"):
   return np.asarray(x), int(nfe), y, mask
 
 
-@pytest.mark.parametrize("sde_name", ["vpsde", "vesde"])
+@pytest.mark.parametrize("sde_name", ["vpsde", pytest.param("vesde", marks=pytest.mark.slow)])
 def test_inpainting_matches_the_exact_law_of_replacement(sde_name):
   sde = make_sde(sde_name, 250)
   x, nfe, y, mask = inpaint(sde, 2000)
@@ -189,7 +189,7 @@ def decoupled(x):
   return np.asarray(x).reshape(-1, 3) @ cg.colour_decoupling_matrix(np.float64).T
 
 
-@pytest.mark.parametrize("sde_name", ["vpsde", "vesde"])
+@pytest.mark.parametrize("sde_name", ["vpsde", pytest.param("vesde", marks=pytest.mark.slow)])
 def test_colorization_keeps_the_grey_image_and_matches_the_exact_law(sde_name):
   sde = make_sde(sde_name, 250)
   x, y, mask = colorize(sde, 2000)
@@ -299,7 +299,7 @@ def conditional_samples(sde, n, scale, corrector="none"):
   return x, np.mean(np.argmax(np.asarray(logits), -1) == 0)
 
 
-@pytest.mark.parametrize("sde_name", ["vpsde", "vesde"])
+@pytest.mark.parametrize("sde_name", ["vpsde", pytest.param("vesde", marks=pytest.mark.slow)])
 def test_guidance_with_the_exact_classifier_samples_the_requested_component(sde_name):
   # With scale 1, score + grad log p_t(y | x) = grad log p_t(x | y): the component's exact score.
   sde = make_sde(sde_name, 500)
@@ -357,6 +357,7 @@ def mlp_logits_fn(params, x, t):
   return h @ w + b
 
 
+@pytest.mark.slow
 def test_noise_conditional_classifier_is_accurate_at_small_t_and_at_chance_at_T():
   sde = sde_lib.VPSDE()
   means = np.array([[-2.0, 0.0], [2.0, 0.0]])  # unit covariance: Bayes accuracy Phi(2) = 0.977
