@@ -7,6 +7,7 @@ switches) take the values of the other high-resolution defaults.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 SDE_DEFAULTS = {"vesde": {"sigma_min": 0.01, "sigma_max": 1348.0, "N": 2000}}
 SAMPLING_EPS = {"vesde": 1e-5}
@@ -60,6 +61,17 @@ def get_default_configs(sde: str = "vesde") -> ml_collections.ConfigDict:
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = "test"
   evaluate.bpd_num_repeats = 1
+  # eval_lib.py: "auto" picks the digits metric for DIGITS, FID / KID / IS for other images, none
+  # for vector data. inception_path: the FID Inception weights (evaluation.INCEPTION_FILENAME from
+  # evaluation.INCEPTION_URL), needed only for FID / KID / IS. cache_dir: of the dataset statistics
+  # and the digits classifier (None: $SCORESDE_CACHE or ~/.cache/scoresde_jax). stats_path: a
+  # statistics file to use (None: computed once into cache_dir). Unset strings are placeholders, so
+  # that --config.eval.inception_path=... works on the command line.
+  evaluate.metric = "auto"
+  evaluate.inception_path = placeholder(str)
+  evaluate.cache_dir = placeholder(str)
+  evaluate.stats_path = placeholder(str)
+  evaluate.hutchinson_type = "rademacher"  # bits/dim divergence estimator
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "CelebAHQ"

@@ -6,6 +6,7 @@ The schema is the one of every config (configs/README.md); `configs/digits/*` pi
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_default_configs() -> ml_collections.ConfigDict:
@@ -66,6 +67,17 @@ def get_default_configs() -> ml_collections.ConfigDict:
   evaluate.enable_bpd = False
   evaluate.bpd_dataset = "test"
   evaluate.bpd_num_repeats = 1
+  # eval_lib.py: "auto" picks the digits metric for DIGITS, FID / KID / IS for other images, none
+  # for vector data. inception_path: the FID Inception weights (evaluation.INCEPTION_FILENAME from
+  # evaluation.INCEPTION_URL), needed only for FID / KID / IS. cache_dir: of the dataset statistics
+  # and the digits classifier (None: $SCORESDE_CACHE or ~/.cache/scoresde_jax). stats_path: a
+  # statistics file to use (None: computed once into cache_dir). Unset strings are placeholders, so
+  # that --config.eval.inception_path=... works on the command line.
+  evaluate.metric = "auto"
+  evaluate.inception_path = placeholder(str)
+  evaluate.cache_dir = placeholder(str)
+  evaluate.stats_path = placeholder(str)
+  evaluate.hutchinson_type = "rademacher"  # bits/dim divergence estimator
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = "DIGITS"

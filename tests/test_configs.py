@@ -427,6 +427,11 @@ OUR_ADDITIONS = {
   "sampling.ode_rtol",
   "sampling.ode_atol",
   "eval.bpd_num_repeats",
+  "eval.metric",
+  "eval.inception_path",
+  "eval.cache_dir",
+  "eval.stats_path",
+  "eval.hutchinson_type",
   "data.data_dir",
 }
 # Filled in for the standalone 1024x1024 files, which lacked them.
