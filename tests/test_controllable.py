@@ -333,16 +333,20 @@ def test_guided_score_is_score_plus_scale_times_classifier_gradient():
   x = jax.random.normal(jax.random.key(7), (5, 2))
   t = jnp.full((5,), 0.3)
   labels = jnp.array([0, 1, 1, 0, 1])
-  guided = cg.guided_score_fn(score_fn, logits_fn, 2.5)(((None, None), labels), x, t)
-  # Scale 1 gives the component's own score exactly (Bayes' rule).
-  component = jnp.stack(
-    [closed_form.gaussian_score_fn(sde, MIX_MEANS[k], MIX_COV)(None, x, t) for k in range(2)]
-  )[labels, jnp.arange(5)]
-  bayes = cg.guided_score_fn(score_fn, logits_fn, 1.0)(((None, None), labels), x, t)
+
+  @jax.jit
+  def scores(x, t, labels):
+    guided = cg.guided_score_fn(score_fn, logits_fn, 2.5)(((None, None), labels), x, t)
+    component = jnp.stack(
+      [closed_form.gaussian_score_fn(sde, MIX_MEANS[k], MIX_COV)(None, x, t) for k in range(2)]
+    )[labels, jnp.arange(5)]
+    bayes = cg.guided_score_fn(score_fn, logits_fn, 1.0)(((None, None), labels), x, t)
+    return guided, component, bayes, score_fn(None, x, t)
+
+  guided, component, bayes, score = scores(x, t, labels)
+  # Scale 1 gives the component's own score exactly (Bayes' rule); float64 round-off.
   np.testing.assert_allclose(bayes, component, rtol=1e-10, atol=1e-12)
-  np.testing.assert_allclose(
-    guided, score_fn(None, x, t) + 2.5 * (component - score_fn(None, x, t)), rtol=1e-10, atol=1e-12
-  )
+  np.testing.assert_allclose(guided, score + 2.5 * (component - score), rtol=1e-10, atol=1e-12)
 
 
 # --- The noise-conditional classifier trains. -------------------------------------------------------
