@@ -168,7 +168,7 @@ def get_dataset(
     evaluation: if True, batches of `config.eval.batch_size`, one pass, no random flip, and an
       incomplete last batch dropped; else an endless shuffled stream of `config.training.batch_size`.
     uniform_dequantization: add U[0, 1) noise to the integer pixel values and divide by the number
-      of levels, (x (L - 1) + u) / L, as for likelihoods of discrete data (Song et al. 2021, App. D);
+      of levels, (x (L - 1) + u) / L, as for the bits/dim of discrete data the paper reports;
       default `config.data.uniform_dequantization`. Ignored for vector data.
 
   Returns:
