@@ -114,9 +114,7 @@ LEAF_RULES: dict[tuple[str, int | None], Rule] = {
 
 def _sigmas_buffer(config: Any) -> np.ndarray:
   sde = config.sde
-  return np.exp(
-    np.linspace(np.log(float(sde.sigma_max)), np.log(float(sde.sigma_min)), int(sde.N))
-  )
+  return np.exp(np.linspace(np.log(float(sde.sigma_max)), np.log(float(sde.sigma_min)), int(sde.N)))
 
 
 def _check_sigmas(value: np.ndarray, config: Any) -> str | None:
@@ -157,7 +155,12 @@ def target_tree(config: Any) -> tuple[nn.Module, dict[str, Any], list[str]]:
   model = mutils.get_model(config)
   sde = sde_lib.get_sde(config.sde)
   continuous = bool(config.training.continuous)
-  shape = (1, int(config.data.image_size), int(config.data.image_size), int(config.data.num_channels))
+  shape = (
+    1,
+    int(config.data.image_size),
+    int(config.data.image_size),
+    int(config.data.num_channels),
+  )
   order: list[str] = []
 
   def record(next_fn, args, kwargs, context):
@@ -436,7 +439,7 @@ def map_flax(config: Any, tree: Mapping[str, Any], which: str) -> dict[str, Any]
 
 
 def detect_format(path: str | os.PathLike) -> str:
-  """"pth" (zip or legacy pickle) or "flax" (msgpack map), from the file's first bytes."""
+  """ "pth" (zip or legacy pickle) or "flax" (msgpack map), from the file's first bytes."""
   with open(path, "rb") as f:
     head = f.read(4)
   if head.startswith(b"PK\x03\x04"):
@@ -487,7 +490,9 @@ def read_checkpoint(config: Any, path: str | os.PathLike) -> tuple[dict, dict, i
         f"{os.fspath(path)} has no optimizer/target: not a released score_sde checkpoint."
       ) from e
     model_vars = map_flax(config, target, "optimizer/target")
-    ema_vars = map_flax(config, state["params_ema"], "params_ema") if "params_ema" in state else None
+    ema_vars = (
+      map_flax(config, state["params_ema"], "params_ema") if "params_ema" in state else None
+    )
     step = int(np.asarray(state.get("step", 0)))
   if ema_vars is None:
     logging.warning("The checkpoint has no EMA: its raw weights are used as the EMA too.")

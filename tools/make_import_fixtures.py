@@ -30,7 +30,9 @@ import sys
 
 import numpy as np
 
-OUT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "import")
+OUT_DIR = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "import"
+)
 
 # Small NCSN++ / DDPM++ shared by every case (each case overrides some of these). N = 1000 as in
 # the released configs: the reference indexes its sigmas with the positional label even when
@@ -78,24 +80,39 @@ CASES = {
   ),
   # Output skip + input skip (sum), FIR, DDPM-discrete VP.
   "ncsnpp_skip_vp_discrete": (
-    dict(progressive="output_skip", progressive_input="input_skip", embedding_type="positional",
-         scale_by_sigma=False),
+    dict(
+      progressive="output_skip",
+      progressive_input="input_skip",
+      embedding_type="positional",
+      scale_by_sigma=False,
+    ),
     _VP,
     False,
   ),
   # Residual output pyramid, DDPM blocks with plain resampling, no conditioning, continuous VE
   # with Fourier features.
   "ncsnpp_ddpmblocks_unconditional": (
-    dict(resblock_type="ddpm", fir=False, progressive="residual", progressive_input="none",
-         conditional=False, skip_rescale=False),
+    dict(
+      resblock_type="ddpm",
+      fir=False,
+      progressive="residual",
+      progressive_input="none",
+      conditional=False,
+      skip_rescale=False,
+    ),
     _VE,
     True,
   ),
   # Discrete VE: positional embedding of the level index, scale_by_sigma by the level's sigma,
   # input_skip combined by concatenation, plain resampling.
   "ncsnpp_ve_discrete_cat": (
-    dict(fir=False, progressive="output_skip", progressive_input="input_skip",
-         progressive_combine="cat", embedding_type="positional"),
+    dict(
+      fir=False,
+      progressive="output_skip",
+      progressive_input="input_skip",
+      progressive_combine="cat",
+      embedding_type="positional",
+    ),
     _VE,
     False,
   ),
@@ -118,8 +135,9 @@ def _import_reference(ref_dir: str):
   finally:
     cpp_extension.load = real_load
   import ml_collections
-  import sde_lib
   import torch.nn.functional as F
+
+  import sde_lib
   from models import layerspp
 
   # Upstream bug: layerspp's nearest up-sampling calls F.interpolate(x, size, "nearest"), which puts
@@ -135,9 +153,10 @@ def _import_reference(ref_dir: str):
       return F.interpolate(x, size=size, scale_factor=scale_factor, mode=mode, **kwargs)
 
   layerspp.F = _Functional()
+  from models.ema import ExponentialMovingAverage
+
   from models import ddpm, ncsnpp, ncsnv2  # noqa: F401  (register the models)
   from models import utils as mutils
-  from models.ema import ExponentialMovingAverage
 
   return torch, ml_collections, sde_lib, mutils, ExponentialMovingAverage
 
@@ -202,9 +221,11 @@ def make_case(refs, name: str, overrides: dict, sde: dict, continuous: bool, see
   else:  # times on the discrete grid, as the discrete samplers use them
     t = torch.tensor([999, 555, 111], dtype=torch.float64).div(999).float()
   if sde["name"] == "vesde":
-    labels = ref_sde.marginal_prob(torch.zeros_like(x), t)[1] if continuous else torch.round(
-      (ref_sde.T - t) * (ref_sde.N - 1)
-    ).long()
+    labels = (
+      ref_sde.marginal_prob(torch.zeros_like(x), t)[1]
+      if continuous
+      else torch.round((ref_sde.T - t) * (ref_sde.N - 1)).long()
+    )
   else:
     labels = t * 999 if continuous else t * (ref_sde.N - 1)
   with torch.no_grad():
@@ -227,8 +248,12 @@ def make_case(refs, name: str, overrides: dict, sde: dict, continuous: bool, see
     score_ema=nhwc(score),
     step=np.int64(step),
     config=json.dumps(
-      {"model": our_model, "sde": sde, "continuous": continuous,
-       "data": {"image_size": IMAGE_SIZE, "num_channels": CHANNELS, "centered": False}}
+      {
+        "model": our_model,
+        "sde": sde,
+        "continuous": continuous,
+        "data": {"image_size": IMAGE_SIZE, "num_channels": CHANNELS, "centered": False},
+      }
     ),
   )
   print(f"{name}: {sum(p.numel() for p in net.parameters())} parameters, step {step}")
