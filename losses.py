@@ -683,9 +683,10 @@ def get_loss_fn(
     "likelihood_weighting": bool(training.likelihood_weighting),
     "importance_sampling": bool(training.importance_sampling),
     "t_fixed": None if training.get("t_fixed") is None else float(training.t_fixed),
-    "n_projections": int(training.n_projections),
-    "projection": str(training.projection),
-    "sigma": float(training.sigma),
+    # Options of the sliced / single-noise objectives; the paper's configs do not carry them.
+    "n_projections": int(training.get("n_projections", 1)),
+    "projection": str(training.get("projection", "rademacher")),
+    "sigma": float(training.get("sigma", 0.1)),
     "true_score_fn": true_score_fn,
   }
   params = inspect.signature(factory).parameters
