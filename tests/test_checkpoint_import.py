@@ -3,7 +3,8 @@
 - PyTorch: for each fixture of tests/fixtures/import (score_sde_pytorch networks with random
   weights, written by tools/make_import_fixtures.py; the cases cover Fourier / positional
   embeddings, FIR / plain resampling, BigGAN / DDPM blocks, every progressive and progressive_input
-  mode, sum / cat combine, conditional or not, scale_by_sigma with sigma or with level indices),
+  mode, sum / cat combine, conditional or not, scale_by_sigma with sigma or with level indices;
+  and a small DDPM U-Net),
   `import_checkpoint` writes an orbax checkpoint; restored, our network gives the reference's
   outputs with the raw and with the EMA weights, and `get_score_fn` gives the reference's scores
   for its SDE (VE / VP) and time (continuous / discrete); the step is kept.
@@ -48,7 +49,18 @@ import sde_lib
 from models import utils as mutils
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "import"
-CASES = sorted(p.stem for p in FIXTURES.glob("*.pth"))
+# Cases run by default; the others (every fixture is a case) are marked slow to keep the default
+# run short, and run in CI's slow job.
+DEFAULT_CASES = (
+  "ncsnpp_ve_continuous",
+  "ddpmpp_vp_continuous",
+  "ncsnpp_skip_vp_discrete",
+  "ddpm_vp_discrete",
+)
+CASES = [
+  pytest.param(p.stem, marks=() if p.stem in DEFAULT_CASES else pytest.mark.slow)
+  for p in sorted(FIXTURES.glob("*.pth"))
+]
 RTOL = 1e-5  # float32 round-off of two summation orders (see the module docstring)
 
 
@@ -119,7 +131,7 @@ def test_pth_import_matches_reference(case, tmp_path):
   assert step == int(ref["step"])
   model, state, restored_step, constants = _restore(config, workdir)
   assert restored_step == step and int(state.step) == step
-  assert (constants is not None) == (config.model.embedding_type == "fourier")
+  assert (constants is not None) == (config.model.get("embedding_type") == "fourier")
   _check_outputs(config, ref, model, state.params, state.ema_params, constants)
   saved = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"))
   assert saved.restore_config(step)["model"]["nf"] == config.model.nf

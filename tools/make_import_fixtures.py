@@ -116,6 +116,24 @@ CASES = {
     _VE,
     False,
   ),
+  # DDPM (Ho et al. 2020) U-Net, discrete VP; its GroupNorms have 32 groups, so nf = 32.
+  "ddpm_vp_discrete": (
+    dict(
+      name="ddpm",
+      nf=32,
+      ch_mult=(1, 1),
+      num_res_blocks=1,
+      attn_resolutions=(8,),
+      dropout=0.1,
+      resamp_with_conv=True,
+      conditional=True,
+      scale_by_sigma=False,
+      nonlinearity="swish",
+      normalization="GroupNorm",
+    ),
+    _VP,
+    False,
+  ),
 }
 
 BATCH = 3
@@ -187,7 +205,8 @@ def _reference_sde(sde_lib, sde: dict):
 
 def make_case(refs, name: str, overrides: dict, sde: dict, continuous: bool, seed: int) -> None:
   torch, ml_collections, sde_lib, mutils, EMA = refs
-  model_fields = {**_BASE_MODEL, **overrides}
+  base = _BASE_MODEL if overrides.get("name", "ncsnpp") == "ncsnpp" else {}
+  model_fields = {**base, **overrides}
   config = _reference_config(ml_collections, model_fields, sde, continuous)
   torch.manual_seed(seed)
   net = mutils.create_model(config)  # DataParallel: state_dict keys start with "module."
