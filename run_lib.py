@@ -323,13 +323,13 @@ def train(config: Any, workdir: str, **unused: Any) -> losses.TrainState:
 
   key = jax.random.key(int(config.seed))
   init_key, train_key, eval_key, sample_key = jax.random.split(key, 4)
-  state = run.init_state(init_key)
   manager = checkpoints.CheckpointManager.from_config(workdir, config)
-  restored = manager.restore_latest(state)
-  initial_step = 0
-  if restored is not None:
+  # Restored leaves are replicated over every device (the checkpoint manager's default).
+  restored = manager.restore_latest(experiment.abstract_state(run.optimizer))
+  if restored is None:
+    state, initial_step = run.init_state(init_key), 0
+  else:
     state, initial_step = restored
-    state = parallel.replicate(state)
     logging.info("Resumed from the checkpoint of step %d.", initial_step)
 
   # The data stream continues where the checkpoint left it: batch k feeds step k.
