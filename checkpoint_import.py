@@ -139,6 +139,11 @@ TORCH_UNUSED: tuple[tuple[Callable[[Any], bool], str], ...] = (
   (lambda config: not config.model.get("conditional", True), "Dense_0."),
 )
 
+# Networks whose PyTorch port keeps its layers in one `all_modules` list in creation order, so that
+# the order-based correspondence above applies (and is tested against the port's networks).
+# NCSNv2 / NCSN name their layers as attributes registered in another order: not supported yet.
+PTH_MODELS = ("ncsnpp", "ddpm")
+
 # Our variable collections that hold released tensors (params first: the EMA covers only those).
 _COLLECTIONS = ("params", "constants")
 
@@ -234,6 +239,11 @@ def map_pth(
   Raises:
     CheckpointImportError naming the first tensor that is unmapped, unused or of the wrong shape.
   """
+  if config.model.name not in PTH_MODELS:
+    raise CheckpointImportError(
+      f"config.model.name = {config.model.name!r}: importing score_sde_pytorch checkpoints is "
+      f"supported for {', '.join(PTH_MODELS)} (Flax checkpoints map by name for every model)."
+    )
   _, variables, order = target_tree(config)
   ours = _our_leaves(variables)
   by_module: dict[str, dict[Path, tuple[str, tuple[int, ...]]]] = {}

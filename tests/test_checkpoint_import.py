@@ -294,3 +294,10 @@ def test_full_size_layout_imports_and_runs(name):
   c = jax.ShapeDtypeStruct((2,), jnp.float32)
   out = jax.eval_shape(lambda v, x, c: model.apply(v, x, c, train=False), ema_vars, x, c)
   assert out.shape == (2, 32, 32, 3)
+
+
+def test_unsupported_pth_architecture_is_named(tmp_path):
+  config = _paper_config("ve/ncsnv2/cifar10")
+  with pytest.raises(ci.CheckpointImportError, match="'ncsnv2_64'"):
+    ci.import_checkpoint(config, str(tmp_path / "run"), str(FIXTURES / "ncsnpp_ve_continuous.pth"))
+  assert not os.path.exists(tmp_path / "run")
