@@ -203,6 +203,15 @@ class VPSDE(SDE):
     self.sqrt_alphas_cumprod = jnp.sqrt(self.alphas_cumprod)
     self.sqrt_1m_alphas_cumprod = jnp.sqrt(1.0 - self.alphas_cumprod)
 
+  def _check_chain(self) -> None:
+    """The DDPM chain needs every beta_i = linspace(beta_min, beta_max)_i / N below 1."""
+    if self.beta_1 / self.N >= 1:
+      raise ValueError(
+        f"config.sde.N = {self.N} is too small for beta_max = {self.beta_1}: the DDPM chain's "
+        f"largest step beta_max / N must be below 1 (use N > {int(self.beta_1)}), or sample with "
+        "the 'euler_maruyama' predictor, which does not use the chain."
+      )
+
   def beta(self, t: jax.Array) -> jax.Array:
     return self.beta_0 + t * (self.beta_1 - self.beta_0)
 
@@ -228,6 +237,7 @@ class VPSDE(SDE):
 
   def discretize(self, x, t):
     """DDPM step: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z_i (Eq. 2 of App. B)."""
+    self._check_chain()
     i = _discrete_index(t, self.N, self.T)
     beta = self.discrete_betas[i].astype(x.dtype)
     alpha = self.alphas[i].astype(x.dtype)
@@ -246,11 +256,13 @@ class VPSDE(SDE):
 
   def ancestral_step(self, x, t, score):
     """DDPM ancestral step (Ho et al. 2020, Alg. 2): mean (x + beta score) / sqrt(1 - beta)."""
+    self._check_chain()
     beta = self.discrete_betas[_discrete_index(t, self.N, self.T)].astype(x.dtype)
     x_mean = batch_mul(1.0 / jnp.sqrt(1.0 - beta), x + batch_mul(beta, score))
     return x_mean, jnp.sqrt(beta)
 
   def langevin_alpha(self, t):
+    self._check_chain()
     return self.alphas[_discrete_index(t, self.N, self.T)].astype(t.dtype)
 
 

@@ -568,3 +568,22 @@ def test_user_sde_trains_and_samples_through_the_config():
     assert x.shape == shape and np.all(np.isfinite(x)) and int(nfe) > 0
     np.testing.assert_allclose(jnp.mean(x, 0), mu, atol=0.1)
     np.testing.assert_allclose(jnp.std(x, 0), jnp.sqrt(jnp.array([0.3, 0.2])), rtol=0.2)
+
+
+def test_vp_rejects_a_chain_whose_betas_reach_one():
+  # beta_i = linspace(beta_min, beta_max) / N: with N <= beta_max the last beta is >= 1 and the
+  # DDPM chain's sqrt(1 - beta) is NaN. Every use of the chain must say which field to change;
+  # Euler-Maruyama (sde() only) stays usable with so few steps.
+  sde = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=20)
+  x, t = jnp.ones((2, 3)), jnp.array([0.5, 1.0])
+  for use in (
+    lambda: sde.discretize(x, t),
+    lambda: sde.ancestral_step(x, t, x),
+    lambda: sde.langevin_alpha(t),
+  ):
+    with pytest.raises(ValueError, match=r"config\.sde\.N = 20"):
+      use()
+  assert np.all(np.isfinite(sde.sde(x, t)[0]))
+  ok = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0, N=21)
+  assert float(ok.discrete_betas[-1]) < 1.0
+  assert np.all(np.isfinite(ok.discretize(x, t)[1]))
