@@ -546,10 +546,13 @@ def import_checkpoint(config: Any, workdir: str | os.PathLike, checkpoint_path: 
     raise FileExistsError(
       f"{directory} already holds checkpoints: import into an empty work directory."
     )
-  params = jax.tree.map(jnp.asarray, model_vars["params"])
-  state = losses.init_train_state(params, losses.get_optimizer(config.optim))
-  state = state.replace(
-    step=jnp.asarray(step, jnp.int32), ema_params=jax.tree.map(jnp.asarray, ema_vars["params"])
+  # Host (numpy) arrays go to orbax as they are: no device copies of the weights.
+  params = model_vars["params"]
+  state = losses.TrainState(
+    step=np.asarray(step, np.int32),
+    params=params,
+    opt_state=losses.get_optimizer(config.optim).init(params),
+    ema_params=ema_vars["params"],
   )
   created = [p for p in (os.fspath(workdir), directory) if not os.path.exists(p)]
   try:
