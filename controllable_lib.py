@@ -274,7 +274,7 @@ def run_controllable(config: Any, workdir: str, eval_folder: str = "eval", **unu
   """
   del unused
   settings = controllable_settings(config)
-  experiment = run_lib.Experiment(config)
+  experiment = run_lib.Experiment(config, workdir)
   sde = experiment.sde
   n = int(settings.num_images)
   per_device = parallel.per_device(n, "config.controllable.num_images")

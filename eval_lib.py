@@ -585,7 +585,7 @@ def _evaluate_step(ev: Evaluator, workdir: str, out: str, step: int, tb: _LazyWr
 
 
 def _run(config: Any, workdir: str, eval_folder: str, stages: tuple[str, ...]) -> dict:
-  experiment = Experiment(config)
+  experiment = Experiment(config, workdir)
   plan = plan_evaluation(config, workdir, stages, experiment)
   out = os.path.join(workdir, eval_folder)
   evaluator = Evaluator(config, plan, experiment)

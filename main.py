@@ -33,6 +33,7 @@ flags.DEFINE_integer(
   "num_processes", None, "Number of processes (None: detected from the cluster)."
 )
 flags.DEFINE_integer("process_id", None, "This process's index (None: detected from the cluster).")
+flags.DEFINE_string("checkpoint", None, "Released checkpoint (.pth or Flax) for --mode import.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -52,7 +53,9 @@ def main(argv):
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  run_lib.MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir, eval_folder=FLAGS.eval_folder)
+  run_lib.MODES[FLAGS.mode](
+    FLAGS.config, FLAGS.workdir, eval_folder=FLAGS.eval_folder, checkpoint=FLAGS.checkpoint
+  )
 
 
 if __name__ == "__main__":

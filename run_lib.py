@@ -41,6 +41,7 @@ from absl import logging
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+import checkpoint_import
 import checkpoints
 import datasets
 import losses
@@ -85,12 +86,15 @@ class Experiment:
   nothing is compiled.
   """
 
-  def __init__(self, config: Any):
+  def __init__(self, config: Any, workdir: str | None = None):
     self.config = config
     self.sde = sde_lib.get_sde(config.sde)
     self.continuous = bool(config.training.continuous)
     self.model = mutils.get_model(config)
-    self.score_fn = mutils.get_score_fn(self.sde, self.model, self.continuous)
+    # An imported released checkpoint brings its own fixed constants (NCSN++'s Fourier weights);
+    # without them the network derives its own (those of a run trained here).
+    constants = checkpoint_import.load_constants(workdir) if workdir else None
+    self.score_fn = mutils.get_score_fn(self.sde, self.model, self.continuous, constants)
     self.data_shape = datasets.get_source(config).shape
     self.inverse_scaler = datasets.get_data_inverse_scaler(config)
     self.is_image = len(self.data_shape) == 3
@@ -173,7 +177,7 @@ class Training:
     return parallel.replicate(init(key, self.optimizer))
 
 
-def build_training(config: Any) -> Training:
+def build_training(config: Any, workdir: str | None = None) -> Training:
   """Checks the config and builds the jitted (not yet compiled) train step, eval step and sampler.
 
   Raises:
@@ -186,7 +190,7 @@ def build_training(config: Any) -> Training:
   _check_frequencies(config)
   training = config.training
   n_jitted = int(training.n_jitted_steps)
-  experiment = Experiment(config)
+  experiment = Experiment(config, workdir)
   datasets.batch_sizes(config)
   datasets.batch_sizes(config, evaluation=True)
   optimizer = losses.get_optimizer(config.optim)
@@ -303,7 +307,7 @@ def train(config: Any, workdir: str, **unused: Any) -> losses.TrainState:
   `ValueError` naming the field for a bad config, before anything compiles or is written.
   """
   del unused
-  run = build_training(config)
+  run = build_training(config, workdir)
   training = config.training
   n_jitted, experiment = run.n_jitted, run.experiment
   num_steps = int(training.n_iters)
@@ -415,7 +419,7 @@ def train(config: Any, workdir: str, **unused: Any) -> losses.TrainState:
 def sample(config: Any, workdir: str, eval_folder: str = "eval", **unused: Any) -> None:
   """Draws `config.eval.num_samples` samples from the newest checkpoint's EMA parameters."""
   del unused
-  experiment = Experiment(config)
+  experiment = Experiment(config, workdir)
   batch = int(config.eval.batch_size)
   num_samples = int(config.eval.num_samples)
   if num_samples % batch:
@@ -450,4 +454,48 @@ def sample(config: Any, workdir: str, eval_folder: str = "eval", **unused: Any) 
   logging.info("Wrote %d samples of step %d to %s.", len(samples), step, out_dir)
 
 
-MODES = {"train": train, "sample": sample}
+def import_released(config: Any, workdir: str, checkpoint: str | None = None, **unused: Any) -> int:
+  """Imports a released score_sde / score_sde_pytorch checkpoint (checkpoint_import.py)."""
+  del unused
+  if not checkpoint:
+    raise ValueError("--mode import needs --checkpoint=<path of a released checkpoint>.")
+  return checkpoint_import.import_checkpoint(config, workdir, checkpoint)
+
+
+def evaluate(config: Any, workdir: str, eval_folder: str = "eval", **unused: Any) -> dict:
+  """Evaluates checkpoints (eval_lib.evaluate): loss, samples, FID / digits metric, bits/dim."""
+  import eval_lib  # eval_lib builds on this module.
+
+  return eval_lib.evaluate(config, workdir, eval_folder)
+
+
+def likelihood(config: Any, workdir: str, eval_folder: str = "eval", **unused: Any) -> dict:
+  """Bits/dim of the test split only (eval_lib.likelihood)."""
+  import eval_lib
+
+  return eval_lib.likelihood(config, workdir, eval_folder)
+
+
+def controllable(config: Any, workdir: str, eval_folder: str = "eval", **unused: Any) -> Any:
+  """Inpainting, colourisation, super-resolution or class-conditional sampling."""
+  import controllable_lib  # controllable_lib builds on this module.
+
+  return controllable_lib.run_controllable(config, workdir, eval_folder)
+
+
+def train_classifier(config: Any, workdir: str, **unused: Any) -> Any:
+  """Trains the noise-conditional classifier for class-conditional sampling."""
+  import controllable_lib
+
+  return controllable_lib.train_classifier(config, workdir)
+
+
+MODES = {
+  "train": train,
+  "sample": sample,
+  "eval": evaluate,
+  "likelihood": likelihood,
+  "controllable": controllable,
+  "train_classifier": train_classifier,
+  "import": import_released,
+}

@@ -301,3 +301,29 @@ def test_unsupported_pth_architecture_is_named(tmp_path):
   with pytest.raises(ci.CheckpointImportError, match="'ncsnv2_64'"):
     ci.import_checkpoint(config, str(tmp_path / "run"), str(FIXTURES / "ncsnpp_ve_continuous.pth"))
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_runs_on_an_imported_workdir_use_its_constants(tmp_path, monkeypatch):
+  # Every mode builds its score through run_lib.Experiment(config, workdir); on an imported NCSN++
+  # it must use the checkpoint's Fourier weights, not the ones the network would draw itself.
+  import datasets
+  import run_lib
+
+  case = "ncsnpp_ve_continuous"
+  ref = np.load(FIXTURES / f"{case}.npz")
+  config = _config(ref)
+  workdir = str(tmp_path / "run")
+  ci.import_checkpoint(config, workdir, str(FIXTURES / f"{case}.pth"))
+  _, state, _, constants = _restore(config, workdir)
+  assert constants is not None
+
+  class _Source:
+    shape = tuple(ref["x"].shape[1:])
+
+  monkeypatch.setattr(datasets, "get_source", lambda config: _Source())
+  config.data.dataset = "CIFAR10"  # the inverse scaler reads it; the score does not
+  x, t = jnp.asarray(ref["x"]), jnp.asarray(ref["t"])
+  imported = run_lib.Experiment(config, workdir).score_fn(state.ema_params, x, t)
+  _close(imported, ref["score_ema"])
+  own = run_lib.Experiment(config).score_fn(state.ema_params, x, t)
+  assert not np.allclose(np.asarray(own), ref["score_ema"], rtol=1e-3)
