@@ -880,6 +880,11 @@ def get_multi_step_fn(
         f"multi_step expects batches with a leading axis of n_steps = {n_steps} "
         f"(config.training.n_jitted_steps); got leading sizes {sorted(leading)}."
       )
+    if n_steps == 1:
+      # A scan of length 1 is a rolled while loop even with unroll=True (that is unroll=1): the
+      # slow path on CPU (about 30x here, benchmarks/train_throughput.py). Run the step itself.
+      state, metrics = step(state, jax.tree.map(lambda b: b[0], batches), rng)
+      return state, jax.tree.map(lambda m: m[None], metrics)
     return jax.lax.scan(lambda s, b: step(s, b, rng), state, batches, unroll=unroll)
 
   return multi_step

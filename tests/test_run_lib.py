@@ -211,6 +211,37 @@ def test_sample_mode_draws_from_the_newest_checkpoint(toy_run):
     assert json.load(f) == {"step": 80, "num_samples": 128, "nfe": 50}
 
 
+def _equations(jaxpr):
+  """Every equation of a jaxpr, including those of the jaxprs in its equations' parameters."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, tuple | list) else (value,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          yield from _equations(sub)
+
+
+@pytest.mark.parametrize("n_jitted", [1, 4])
+def test_train_step_has_no_rolled_loop(n_jitted):
+  """The jitted train step is straight-line code: on CPU a rolled loop around convolution
+  gradients runs about 30x slower (benchmarks/train_throughput.py, ENVIRONMENT.md). A lax.scan
+  lowers to a while loop unless unroll covers its whole length and is not 1 (a scan of length 1
+  with unroll=True is a while loop of one trip)."""
+  config = toy_config(training__n_jitted_steps=n_jitted)
+  config.training.update(snapshot_freq=4, snapshot_freq_for_preemption=4, log_freq=4, eval_freq=4)
+  training = run_lib.build_training(config)
+  state = training.experiment.abstract_state(training.optimizer)
+  batches = {"image": jax.ShapeDtypeStruct((n_jitted, 64, 2), np.float32)}
+  jaxpr = jax.make_jaxpr(training.train_step)(state, batches, jax.random.key(0)).jaxpr
+  names = [eqn.primitive.name for eqn in _equations(jaxpr)]
+  assert "while" not in names
+  for eqn in _equations(jaxpr):
+    if eqn.primitive.name == "scan":
+      assert eqn.params["unroll"] in (0, eqn.params["length"]) and eqn.params["unroll"] != 1
+  assert names.count("dot_general") >= 3 * n_jitted  # every step is there (forward + backward)
+
+
 SHIPPED_CONFIGS = sorted(
   os.path.relpath(os.path.join(d, f), ROOT)
   for d, _, names in os.walk(os.path.join(ROOT, "configs"))
