@@ -429,7 +429,7 @@ def test_data_parallel_inpainting_and_guidance_reproduce_one_device():
     np.testing.assert_allclose(np.asarray(x8), np.asarray(x1), rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(x8)[np.asarray(mask)], np.asarray(y)[np.asarray(mask)])
 
-    sde = make_sde("vpsde", 20)
+    sde = make_sde("vpsde", 30)
     mix_score = closed_form.gaussian_mixture_score_fn(
       sde, MIX_WEIGHTS, MIX_MEANS.astype(np.float32), np.stack([MIX_COV] * 2).astype(np.float32)
     )
@@ -463,7 +463,7 @@ class NoKernelSDE(sde_lib.SDE):
 
 
 def test_bad_input_errors_name_what_is_wrong():
-  sde = make_sde("vpsde", 5)
+  sde = make_sde("vpsde", 30)
   sample = build(sde, cg.inpainting(), (3, 4))
   with pytest.raises(ValueError, match="mask has shape"):
     sample(jax.random.key(0), None, jnp.zeros((3, 4)), jnp.zeros((3, 5), bool))
