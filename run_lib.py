@@ -128,12 +128,19 @@ class Experiment:
 
 
 def train_compiler_options(config: Any) -> dict[str, str] | None:
-  """XLA options of the jitted train step: YNN fusion of reductions on CPU when
-  `config.training.xla_cpu_ynn_fusion` is set (faster there; benchmarks/train_throughput.py),
-  nothing on other backends."""
-  if config.training.get("xla_cpu_ynn_fusion", False) and jax.default_backend() == "cpu":
-    return {YNN_FUSION: "LIBRARY_FUSION_TYPE_REDUCE"}
-  return None
+  """XLA options of the jitted train step, on CPU only.
+
+  `config.training.xla_cpu_ynn_fusion_type` (optional; None or absent: XLA's default) is passed
+  as XLA CPU's `xla_cpu_experimental_ynn_fusion_type`, e.g. "" (YNN fusion off) or
+  "LIBRARY_FUSION_TYPE_REDUCE". In jaxlib 0.10.2 XLA's default already makes YNN fusions (more
+  than "LIBRARY_FUSION_TYPE_REDUCE", which keeps those of reductions): for the reduced DDPM++
+  train step, "LIBRARY_FUSION_TYPE_REDUCE" ran at 0.96-1.03x the default and "" at 0.76x
+  (benchmarks/train_throughput.py), so no config sets it.
+  """
+  value = config.training.get("xla_cpu_ynn_fusion_type", None)
+  if value is None or jax.default_backend() != "cpu":
+    return None
+  return {YNN_FUSION: str(value)}
 
 
 def _all_finite(tree: Any) -> jax.Array:
