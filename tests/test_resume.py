@@ -108,7 +108,7 @@ def test_resume_is_bit_exact(reference, tmp_path, caplog):
   """Stopped after step 20 (only its checkpoint left), restarted: the same state at step 40."""
   workdir, state = reference
   resumed_dir = copy_run(workdir, tmp_path / "run", keep_steps={20})
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
     resumed = run_lib.train(make_config(), resumed_dir)
   assert "Resumed from the checkpoint of step 20." in caplog.text
   assert_states_identical(resumed, state)
@@ -156,7 +156,7 @@ def test_damaged_newest_checkpoint_falls_back(reference, tmp_path, caplog, how):
         with open(path, "wb") as f:
           f.write(rng.bytes(size))
       damaged_files[os.path.relpath(path, step_dir)] = os.path.getsize(path)
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
     resumed = run_lib.train(make_config(), run_dir)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
   assert any("Checkpoint 40" in w and "falling back" in w for w in warnings), warnings

@@ -188,8 +188,12 @@ def test_tensorboard_scalars(toy_run):
 
 
 def test_default_config_is_the_digits_config():
+  import logging
+
   import main
 
+  # Parsing absl flags sets the absl logger's level (--verbosity); restore it for other tests.
+  absl_level = logging.getLogger("absl").level
   main.FLAGS(["main.py", "--workdir", "unused"])
   try:
     expected = digits_ncsnpp_continuous.get_config().to_dict()
@@ -197,6 +201,7 @@ def test_default_config_is_the_digits_config():
     assert main.FLAGS.config.data.dataset == "DIGITS" and main.FLAGS.mode == "train"
   finally:
     main.FLAGS.unparse_flags()
+    logging.getLogger("absl").setLevel(absl_level)
 
 
 def test_sample_mode_draws_from_the_newest_checkpoint(toy_run):
