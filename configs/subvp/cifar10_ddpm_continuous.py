@@ -1,36 +1,14 @@
-"""The DDPM network on CIFAR-10 with the sub-VP SDE, continuous time."""
+"""The DDPM network on CIFAR-10 with the sub-VP SDE, continuous time.
 
-from configs.default_cifar10_configs import get_default_configs
+The released config equals `configs/vp/ddpm/cifar10_continuous.py` but for the SDE.
+Sub-VP takes the VP SDE's arguments (beta_min, beta_max, N) and sampling eps, so only the
+SDE's name changes.
+"""
+
+from configs.vp.ddpm import cifar10_continuous as vp_config
 
 
 def get_config():
-  config = get_default_configs("subvpsde")
-
-  training = config.training
-  training.continuous = True
-  training.objective = "dsm"
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = "pc"
-  sampling.predictor = "euler_maruyama"
-  sampling.corrector = "none"
-
-  data = config.data
-  data.centered = True
-
-  config.model.update(
-    name="ddpm",
-    scale_by_sigma=False,
-    ema_rate=0.9999,
-    # Blocks.
-    normalization="GroupNorm",
-    nonlinearity="swish",
-    nf=128,
-    ch_mult=(1, 2, 2, 2),
-    num_res_blocks=2,
-    attn_resolutions=(16,),
-    resamp_with_conv=True,
-    conditional=True,
-  )
+  config = vp_config.get_config()
+  config.sde.name = "subvpsde"
   return config
