@@ -29,6 +29,16 @@ shard, split over its `jax.local_device_count()` devices.
 Randomness is seeded from `config.seed`, the split and `jax.process_index()`, so a run is
 reproducible and every host reads a different stream. TensorFlow is imported only by the TFDS,
 TFRecord and image-folder sources.
+
+Resuming. `get_dataset(..., start=k)` yields batch k, k + 1, ... of the stream that `start=0`
+yields, bit for bit, without producing the batches before k (training resumes at step k this way).
+Every random choice is a function of a position in the stream, never of how much was read before:
+a training stream is a sequence of epochs, each a permutation (or, for TFDS and TFRecord files,
+a seeded shuffle-buffer pass) drawn from (seed, epoch); random flips and dequantisation noise are
+drawn from (seed, batch index); toy batches from (seed, batch index). A resumed stream therefore
+starts at epoch kB // N and skips kB mod N elements of it before anything is decoded (file names
+for image folders; undecoded records for TFDS and TFRecords, where the skip reads at most one
+epoch of raw records and decodes none), where B is the host batch and N the examples per epoch.
 """
 
 from __future__ import annotations
@@ -36,8 +46,11 @@ from __future__ import annotations
 import abc
 import functools
 import glob
+import inspect
+import itertools
 import logging
 import os
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -52,6 +65,11 @@ SPLITS = ("train", "test")
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 # Spawn keys separating the independent random streams drawn for one split on one host.
 _SOURCE_STREAM, _AUGMENT_STREAM = 0, 1
+# A TensorFlow source's training stream is read as tf.data pipelines over blocks of whole epochs
+# holding at least this many examples (at most _MAX_BLOCK_EPOCHS epochs): a tiny dataset does not
+# start a pipeline for every batch, and a large one starts one per epoch.
+_MIN_BLOCK_EXAMPLES = 4096
+_MAX_BLOCK_EPOCHS = 16
 
 
 class Source(abc.ABC):
@@ -87,7 +105,7 @@ class Source(abc.ABC):
 
   @abc.abstractmethod
   def host_batches(
-    self, *, split: str, evaluation: bool, batch_size: int, seed: int
+    self, *, split: str, evaluation: bool, batch_size: int, seed: int, start: int = 0
   ) -> Iterator[Batch]:
     """Yields batches of this host's examples.
 
@@ -96,6 +114,9 @@ class Source(abc.ABC):
       evaluation: if True, one pass over the split in a fixed order, else an endless shuffled stream.
       batch_size: examples per batch on this host; an incomplete last batch is dropped.
       seed: seed of this host's random stream for this split.
+      start: index of the first batch to yield: the stream must equal that of `start=0` without
+        its first `start` batches, and should skip them without decoding them. A user's source
+        may leave this argument out; `get_dataset` then drops the batches itself.
 
     Yields:
       {"image": [batch_size, *shape] float32 (images in [0, 1]), "label": [batch_size] int32}.
@@ -156,6 +177,7 @@ def get_dataset(
   split: str = "train",
   evaluation: bool = False,
   uniform_dequantization: bool | None = None,
+  start: int = 0,
 ) -> Iterator[Batch]:
   """An iterator of host-local batches of `config.data.dataset` (see the module docstring).
 
@@ -170,6 +192,10 @@ def get_dataset(
     uniform_dequantization: add U[0, 1) noise to the integer pixel values and divide by the number
       of levels, (x (L - 1) + u) / L, as for the bits/dim of discrete data the paper reports;
       default `config.data.uniform_dequantization`. Ignored for vector data.
+    start: index of the first batch: the iterator yields batches start, start + 1, ... of the
+      stream that `start=0` yields, bit for bit (augmentation included), skipping the earlier
+      ones before they are decoded (see the module docstring). Training resumed at step k uses
+      start = k.
 
   Returns:
     An iterator of {"image": [local_devices, per_device_batch, *shape] float32,
@@ -177,6 +203,9 @@ def get_dataset(
   """
   if split not in SPLITS:
     raise ValueError(f"split = {split!r}; valid choices: {', '.join(SPLITS)}.")
+  start = int(start)
+  if start < 0:
+    raise ValueError(f"start = {start} must be a batch index >= 0.")
   source = get_source(config)
   per_host, per_device = batch_sizes(config, evaluation)
   if uniform_dequantization is None:
@@ -186,21 +215,23 @@ def get_dataset(
     2
   )
   source_seed = int(seeds[_SOURCE_STREAM].generate_state(1)[0])
-  augment_rng = np.random.default_rng(seeds[_AUGMENT_STREAM])
+  augment_seed = int(seeds[_AUGMENT_STREAM].generate_state(1)[0])
   scaler = get_data_scaler(config)
-  batches = source.host_batches(
-    split=split, evaluation=evaluation, batch_size=per_host, seed=source_seed
+  batches = _host_batches(
+    source, start, split=split, evaluation=evaluation, batch_size=per_host, seed=source_seed
   )
   device_dims = (jax.local_device_count(), per_device)
 
   def generate() -> Iterator[Batch]:
-    for batch in batches:
+    for index, batch in enumerate(batches, start):
       x = np.asarray(batch["image"], np.float32)
-      if source.is_image:
+      if source.is_image and (flip or uniform_dequantization):
+        augment_rng = np.random.default_rng([augment_seed, index])  # a function of the position
         if flip:
           x = _random_flip(augment_rng, x)
         if uniform_dequantization:
           x = _dequantize(augment_rng, x, source.levels)
+      if source.is_image:
         x = np.asarray(scaler(x), np.float32)
       out = {"image": x.reshape(device_dims + x.shape[1:])}
       if "label" in batch:
@@ -211,6 +242,52 @@ def get_dataset(
 
 
 # --- Shared helpers. ----------------------------------------------------------------------------
+
+
+def _host_batches(source: Source, start: int, **kwargs: Any) -> Iterator[Batch]:
+  """`source.host_batches(start=start, ...)`; for a source without `start`, its stream with the
+  first `start` batches read and dropped."""
+  if "start" in inspect.signature(source.host_batches).parameters:
+    return source.host_batches(start=start, **kwargs)
+  if start:
+    logging.warning(
+      "%s.host_batches takes no `start` argument: skipping %d batches by reading them.",
+      type(source).__name__,
+      start,
+    )
+  return itertools.islice(source.host_batches(**kwargs), start, None)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+  """The seed of one epoch of a stream: a function of (seed, epoch) only."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The order of the n examples in `epoch` of the stream seeded by `seed`."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _rebatch(chunks: Iterator[Batch], batch_size: int) -> Iterator[Batch]:
+  """Regroups chunks (dicts of arrays of any common leading size) into batches of exactly
+  `batch_size` examples, in order; an incomplete last batch is dropped."""
+  pending: list[Batch] = []
+  count = 0
+  for chunk in chunks:
+    size = len(next(iter(chunk.values())))
+    if not pending and size == batch_size:
+      yield chunk
+      continue
+    pending.append(chunk)
+    count += size
+    if count < batch_size:
+      continue
+    merged = {k: np.concatenate([c[k] for c in pending]) for k in chunk}
+    full = count // batch_size
+    for i in range(full):
+      yield {k: v[i * batch_size : (i + 1) * batch_size] for k, v in merged.items()}
+    count -= full * batch_size
+    pending = [{k: v[full * batch_size :] for k, v in merged.items()}] if count else []
 
 
 def _check_shape(config: Any, source: Source) -> None:
@@ -260,9 +337,10 @@ def _require(config: Any, field: str, why: str) -> Any:
 
 
 def _shuffled_batches(
-  arrays: dict[str, np.ndarray], *, evaluation: bool, batch_size: int, seed: int
+  arrays: dict[str, np.ndarray], *, evaluation: bool, batch_size: int, seed: int, start: int = 0
 ) -> Iterator[Batch]:
-  """Batches of in-memory arrays: one ordered pass, or endless reshuffled epochs.
+  """Batches start, start + 1, ... of in-memory arrays: one ordered pass, or endless epochs, each
+  a permutation drawn from (seed, epoch) (a batch may span two epochs).
 
   Checks that one batch fits before returning (not at the first `next`).
   """
@@ -273,15 +351,16 @@ def _shuffled_batches(
     )
 
   def ordered() -> Iterator[Batch]:
-    for start in range(0, n - batch_size + 1, batch_size):
-      yield {k: v[start : start + batch_size] for k, v in arrays.items()}
+    for first in range(start * batch_size, n - batch_size + 1, batch_size):
+      yield {k: v[first : first + batch_size] for k, v in arrays.items()}
 
   def shuffled() -> Iterator[Batch]:
-    rng = np.random.default_rng(seed)
+    epoch, offset = divmod(start * batch_size, n)
     order = np.empty(0, np.int64)
     while True:
       while len(order) < batch_size:
-        order = np.concatenate([order, rng.permutation(n)])
+        order = np.concatenate([order, _permutation(seed, epoch, n)[offset:]])
+        epoch, offset = epoch + 1, 0
       index, order = order[:batch_size], order[batch_size:]
       yield {k: v[index] for k, v in arrays.items()}
 
@@ -334,7 +413,7 @@ class Digits(Source):
   def has_labels(self) -> bool:
     return True
 
-  def host_batches(self, *, split, evaluation, batch_size, seed):
+  def host_batches(self, *, split, evaluation, batch_size, seed, start=0):
     images, labels = _load_digits()
     part = slice(None, DIGITS_NUM_TRAIN) if split == "train" else slice(DIGITS_NUM_TRAIN, None)
     host = slice(jax.process_index(), None, jax.process_count())
@@ -346,6 +425,7 @@ class Digits(Source):
       evaluation=evaluation,
       batch_size=batch_size,
       seed=seed,
+      start=start,
     )
 
 
@@ -356,7 +436,8 @@ class ToySource(Source):
   """A 2-D distribution sampled afresh from a seeded numpy generator (vector data, shape (2,)).
 
   Training streams are endless. With `evaluation=True` a host yields its share of
-  `config.data.num_examples` examples (default 10,000) and stops. Subclasses implement `sample`.
+  `config.data.num_examples` examples (default 10,000) and stops. Batch k is drawn from a
+  generator seeded by (seed, k). Subclasses implement `sample`.
   """
 
   is_image = False
@@ -369,7 +450,7 @@ class ToySource(Source):
   def sample(self, rng: np.random.Generator, n: int) -> Batch:
     """Draws n examples: {"image": [n, 2] float32, and "label": [n] int32 for labelled toys}."""
 
-  def host_batches(self, *, split, evaluation, batch_size, seed):
+  def host_batches(self, *, split, evaluation, batch_size, seed, start=0):
     num_batches = None  # endless
     if evaluation:
       total = int(self.config.data.get("num_examples", 10_000)) // jax.process_count()
@@ -381,13 +462,11 @@ class ToySource(Source):
         )
 
     def draws() -> Iterator[Batch]:
-      rng = np.random.default_rng(seed)
-      count = 0
-      while num_batches is None or count < num_batches:
-        batch = self.sample(rng, batch_size)
+      indices = itertools.count(start) if num_batches is None else range(start, num_batches)
+      for index in indices:
+        batch = self.sample(np.random.default_rng([seed, index]), batch_size)
         batch["image"] = batch["image"].astype(np.float32)
         yield batch
-        count += 1
 
     return draws()
 
@@ -505,16 +584,58 @@ def _tf():
   return tf, tfds
 
 
-def _tf_batches(ds: Any, *, evaluation: bool, batch_size: int, seed: int, buffer: int):
-  """Repeats and shuffles with a `buffer` of examples (training; buffer 0: repeat only), then
-  batches, prefetches and converts a tf.data pipeline to numpy."""
+def _tf_stream(
+  raw_epochs: Callable[[range], Any],
+  decode: Callable[..., Any],
+  *,
+  examples: int,
+  evaluation: bool,
+  batch_size: int,
+  start: int,
+) -> Iterator[Batch]:
+  """Batches start, start + 1, ... of a TensorFlow source, skipped before decoding.
+
+  The training stream is the concatenation of epochs 0, 1, 2, ...; batch k holds its elements
+  [k B, (k + 1) B). Resuming at batch k starts at epoch kB // examples and skips kB mod examples
+  undecoded elements of it.
+
+  Args:
+    raw_epochs: `raw_epochs(epochs)` is a tf.data.Dataset of this host's undecoded elements (file
+      names, serialised records) of the consecutive `epochs` (a range), each epoch in an order
+      that is a function of its number alone; with evaluation, epoch 0 is the split in a fixed
+      order.
+    decode: maps one undecoded element to {"image": float [H, W, C] in [0, 1], "label"?}.
+    examples: elements per epoch on this host.
+    evaluation: one pass over epoch 0 (incomplete last batch dropped) instead of an endless stream.
+    batch_size: examples per host batch (B).
+    start: index of the first batch.
+  """
   tf, tfds = _tf()
-  if not evaluation:
-    ds = ds.repeat()
-    if buffer > 0:
-      ds = ds.shuffle(buffer, seed=seed)
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return iter(tfds.as_numpy(ds))
+  if examples <= 0:
+    raise ValueError("This host's share of the dataset holds no examples.")
+  first = start * batch_size
+
+  def pipeline(epochs: range, skip: int, drop_remainder: bool) -> Iterator[Batch]:
+    ds = raw_epochs(epochs).skip(skip).map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    return iter(tfds.as_numpy(ds))
+
+  if evaluation:
+    return pipeline(range(1), first, drop_remainder=True)
+  per_block = min(_MAX_BLOCK_EPOCHS, max(1, -(-_MIN_BLOCK_EXAMPLES // examples)))
+
+  def blocks() -> Iterator[Batch]:
+    epoch, offset = divmod(first, examples)
+    while True:
+      yield from pipeline(range(epoch, epoch + per_block), offset, drop_remainder=False)
+      epoch, offset = epoch + per_block, 0
+
+  return _rebatch(blocks(), batch_size)
+
+
+def _concatenate(datasets: list[Any]) -> Any:
+  """The tf.data datasets one after the other."""
+  return functools.reduce(lambda a, b: a.concatenate(b), datasets)
 
 
 def _resize_shorter(image: Any, size: int, method: str = "bilinear") -> Any:
@@ -549,7 +670,10 @@ class TFDSSource(Source):
 
   Subclasses set `tfds_name` and `test_split`, and `preprocess` maps a decoded uint8 image to float
   [image_size, image_size, C] in [0, 1]. Each host reads `tfds.even_splits` part
-  `jax.process_index()` of the split.
+  `jax.process_index()` of the split. A training epoch reads the split's files in an order drawn
+  from (seed, epoch) and mixes their records, still encoded, in a shuffle buffer of
+  config.data.shuffle_buffer_size (default 10,000) seeded likewise; images are decoded after
+  that, so skipping to a resumed position decodes nothing.
   """
 
   tfds_name: ClassVar[str] = ""
@@ -594,25 +718,40 @@ class TFDSSource(Source):
       return image
     return tf.image.resize(image, (self.size, self.size), antialias=True)
 
-  def host_batches(self, *, split, evaluation, batch_size, seed):
+  def host_batches(self, *, split, evaluation, batch_size, seed, start=0):
     tf, tfds = _tf()
     name = "train" if split == "train" else self.test_split
     if jax.process_count() > 1:
       name = tfds.even_splits(name, n=jax.process_count())[jax.process_index()]
-    read_config = tfds.ReadConfig(shuffle_seed=seed)
     # Ordered datasets (disable_shuffling) refuse file shuffling; the shuffle buffer still mixes.
     shuffle_files = not evaluation and not self.builder.info.disable_shuffling
-    ds = self.builder.as_dataset(split=name, shuffle_files=shuffle_files, read_config=read_config)
+    buffer = 0 if evaluation else int(self.config.data.get("shuffle_buffer_size", 10_000))
+    image_feature = self.builder.info.features["image"]
 
-    def convert(example):
-      out = {"image": self.preprocess(example["image"])}
+    def one_epoch(epoch: int) -> Any:
+      epoch_seed = _epoch_seed(seed, epoch)
+      ds = self.builder.as_dataset(
+        split=name,
+        shuffle_files=shuffle_files,
+        read_config=tfds.ReadConfig(shuffle_seed=epoch_seed),
+        decoders={"image": tfds.decode.SkipDecoding()},  # decoded after skipping and shuffling
+      )
+      return ds.shuffle(buffer, seed=epoch_seed) if buffer > 0 else ds
+
+    def decode(example):
+      out = {"image": self.preprocess(image_feature.decode_example(example["image"]))}
       if self._has_labels:
         out["label"] = tf.cast(example["label"], tf.int32)
       return out
 
-    ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-    buffer = int(self.config.data.get("shuffle_buffer_size", 10_000))
-    return _tf_batches(ds, evaluation=evaluation, batch_size=batch_size, seed=seed, buffer=buffer)
+    return _tf_stream(
+      lambda epochs: _concatenate([one_epoch(e) for e in epochs]),
+      decode,
+      examples=int(self.builder.info.splits[name].num_examples),
+      evaluation=evaluation,
+      batch_size=batch_size,
+      start=start,
+    )
 
 
 @register_dataset("CIFAR10")
@@ -670,6 +809,10 @@ class TFRecordSource(Source):
   This is the format the paper used for CelebA-HQ and FFHQ (one file per resolution, e.g.
   `ffhq-r10.tfrecords` for 1024x1024). `config.data.tfrecords_path` is a file or a glob pattern;
   both splits read the same files (as in the paper). Hosts read interleaved shards of the records.
+  A training epoch mixes the records, still serialised, in a shuffle buffer of
+  config.data.shuffle_buffer_size (default 10,000) seeded by (seed, epoch) and decodes them
+  after that, so skipping to a resumed position decodes nothing. The number of records is
+  counted once from the record headers (no record is read).
   """
 
   def __init__(self, config: Any):
@@ -699,9 +842,19 @@ class TFRecordSource(Source):
   def shape(self):
     return self._shape
 
-  def host_batches(self, *, split, evaluation, batch_size, seed):
+  @functools.cached_property
+  def num_records(self) -> int:
+    """Records in all the files together."""
+    return sum(_count_records(path) for path in self.files)
+
+  def host_batches(self, *, split, evaluation, batch_size, seed, start=0):
     tf, _ = _tf()
-    ds = tf.data.TFRecordDataset(self.files).shard(jax.process_count(), jax.process_index())
+    hosts, host = jax.process_count(), jax.process_index()
+    buffer = 0 if evaluation else int(self.config.data.get("shuffle_buffer_size", 10_000))
+
+    def one_epoch(epoch: int) -> Any:
+      ds = tf.data.TFRecordDataset(self.files).shard(hosts, host)
+      return ds.shuffle(buffer, seed=_epoch_seed(seed, epoch)) if buffer > 0 else ds
 
     def decode(record):
       example = self._parse(record)
@@ -711,9 +864,37 @@ class TFRecordSource(Source):
         "image": tf.ensure_shape(tf.image.convert_image_dtype(image, tf.float32), self._shape)
       }
 
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    buffer = int(self.config.data.get("shuffle_buffer_size", 10_000))
-    return _tf_batches(ds, evaluation=evaluation, batch_size=batch_size, seed=seed, buffer=buffer)
+    return _tf_stream(
+      lambda epochs: _concatenate([one_epoch(e) for e in epochs]),
+      decode,
+      examples=len(range(host, self.num_records, hosts)),
+      evaluation=evaluation,
+      batch_size=batch_size,
+      start=start,
+    )
+
+
+def _count_records(path: str) -> int:
+  """The number of records of a TFRecord file, from their length headers (data are skipped).
+
+  Each record is: length (uint64, little-endian), its masked CRC-32 (4 bytes), the data, and
+  the data's masked CRC-32 (4 bytes).
+  """
+  tf, _ = _tf()
+  size = tf.io.gfile.stat(path).length
+  count = position = 0
+  with tf.io.gfile.GFile(path, "rb") as f:
+    while position < size:
+      f.seek(position)
+      header = f.read(8)
+      if len(header) < 8:
+        break
+      (length,) = struct.unpack("<Q", header)
+      position += 8 + 4 + length + 4
+      count += 1
+  if position != size:
+    raise ValueError(f"{path} (config.data.tfrecords_path) ends in a truncated record.")
+  return count
 
 
 @register_dataset("CELEBAHQ")
@@ -738,7 +919,9 @@ class ImageFolder(Source):
   sub-folder of the split directory, the sub-folders are the classes and batches carry labels
   (sorted folder names -> 0, 1, ...). Images are decoded to config.data.num_channels (default 3)
   channels, centre-cropped to a square and resized (bicubic, antialiased) to config.data.image_size
-  unless they already have that size. Hosts read interleaved shards of the file list.
+  unless they already have that size. Hosts read interleaved shards of the file list. A training
+  epoch is a permutation of the host's files drawn from (seed, epoch); files are decoded only
+  when their batch is read.
   """
 
   def __init__(self, config: Any):
@@ -788,7 +971,7 @@ class ImageFolder(Source):
   def has_labels(self):
     return self.classes is not None
 
-  def host_batches(self, *, split, evaluation, batch_size, seed):
+  def host_batches(self, *, split, evaluation, batch_size, seed, start=0):
     tf, _ = _tf()
     base = self._split_dir(split)
     if split == "test" and base == self.root:
@@ -805,10 +988,15 @@ class ImageFolder(Source):
       labels = [index[f.split(os.sep)[0]] for f in files]
     else:
       labels = [0] * len(files)
-    paths = [os.path.join(base, f) for f in files]
-    ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, np.int32)))
-    if not evaluation:  # Shuffle the (cheap) file list anew every epoch, not decoded images.
-      ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    paths = np.asarray([os.path.join(base, f) for f in files])
+    labels = np.asarray(labels, np.int32)
+
+    def raw_epochs(epochs: range) -> Any:
+      if evaluation:
+        return tf.data.Dataset.from_tensor_slices((paths, labels))
+      # The (cheap) file list in a new order every epoch; images are decoded after skipping.
+      order = np.concatenate([_permutation(seed, e, len(paths)) for e in epochs])
+      return tf.data.Dataset.from_tensor_slices((paths[order], labels[order]))
 
     def decode(path, label):
       image = tf.io.decode_image(
@@ -826,5 +1014,11 @@ class ImageFolder(Source):
         out["label"] = label
       return out
 
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-    return _tf_batches(ds, evaluation=evaluation, batch_size=batch_size, seed=seed, buffer=0)
+    return _tf_stream(
+      raw_epochs,
+      decode,
+      examples=len(paths),
+      evaluation=evaluation,
+      batch_size=batch_size,
+      start=start,
+    )

@@ -453,3 +453,236 @@ def test_too_few_examples_for_one_batch_fails_at_construction():
   config.eval.batch_size = 128
   with pytest.raises(ValueError, match=r"config\.data\.num_examples = 100"):
     datasets.get_dataset(config, evaluation=True)
+
+
+# --- Resuming: start=k is the uninterrupted stream without its first k batches. -----------------
+
+
+def take(iterator, n: int) -> list[dict]:
+  return [next(iterator) for _ in range(n)]
+
+
+def assert_same_batches(actual: list[dict], expected: list[dict]) -> None:
+  """Bit for bit: every key, shape, dtype and value."""
+  assert len(actual) == len(expected)
+  for a, e in zip(actual, expected, strict=True):
+    assert a.keys() == e.keys()
+    for key in e:
+      assert a[key].dtype == e[key].dtype and a[key].shape == e[key].shape
+      np.testing.assert_array_equal(a[key], e[key])
+
+
+def write_pngs(folder, values) -> None:
+  """One 4x4 grey PNG per value v, every pixel equal to v: the image names its file."""
+  from PIL import Image
+
+  folder.mkdir(parents=True, exist_ok=True)
+  for i, v in enumerate(values):
+    Image.fromarray(np.full((4, 4), v, np.uint8)).save(folder / f"{i:03d}.png")
+
+
+def identity_config(dataset: str, **data) -> ml_collections.ConfigDict:
+  """Host batch 8 (one example per device), 4x4 images, no augmentation unless asked."""
+  config = image_config(dataset, image_size=4, num_channels=1, **data)
+  config.training.batch_size = 8
+  return config
+
+
+def ids(batch: dict) -> np.ndarray:
+  """The pixel value of each image of a batch (the file or record it came from)."""
+  return np.round(flat(batch["image"], 1)[:, 0, 0, 0] * 255).astype(int)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+  """TensorFlow streams in blocks of 2 epochs of the 20-example sets below, so the compared
+  windows cross batch, epoch and block boundaries."""
+  monkeypatch.setattr(datasets, "_MIN_BLOCK_EXAMPLES", 40)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+  """20 grey PNGs in two class folders; image i has every pixel 10 i / 255."""
+  write_pngs(tmp_path / "folder" / "a", range(0, 100, 10))
+  write_pngs(tmp_path / "folder" / "b", range(100, 200, 10))
+  return str(tmp_path / "folder")
+
+
+@pytest.fixture
+def tfrecord_file(tmp_path):
+  """20 records of 4x4 grey images; record i has every pixel 10 i / 255."""
+  path = str(tmp_path / "records.tfrecords")
+  write_tfrecords(
+    path,
+    np.arange(0, 200, 10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8),
+  )
+  return path
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds(tmp_path_factory):
+  """A 20-image TFDS dataset (registered under a made-up name) read by a TFDSSource subclass."""
+  tf, tfds = datasets._tf()
+  data_dir = str(tmp_path_factory.mktemp("tiny_tfds"))
+  images = (
+    np.arange(0, 200, 10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1))
+  ).astype(np.uint8)
+  features = tfds.features.FeaturesDict(
+    {
+      "image": tfds.features.Image(shape=(4, 4, 1)),
+      "label": tfds.features.ClassLabel(num_classes=2),
+    }
+  )
+  split = tf.data.Dataset.from_tensor_slices({"image": images, "label": np.arange(20) // 10})
+  tfds.dataset_builders.store_as_tfds_dataset(
+    name="tiny_resume_test",
+    version="1.0.0",
+    features=features,
+    split_datasets={"train": split, "test": split},
+    data_dir=data_dir,
+    disable_shuffling=True,
+  )
+  return data_dir
+
+
+@datasets.register_dataset("TINY_TFDS_TEST")
+class TinyTFDS(datasets.TFDSSource):
+  tfds_name = "tiny_resume_test"
+
+
+SOURCES = ["DIGITS", "checkerboard", "IMAGE_FOLDER", "TFDS", "TFRECORD"]
+
+
+@pytest.fixture
+def source_config(request, image_folder, tfrecord_file, tiny_tfds, small_blocks):
+  """A config of each kind of source, with random flips and dequantisation where they apply."""
+  name = request.param
+  augment = {"random_flip": True, "uniform_dequantization": True}
+  if name == "DIGITS":
+    config = digits_config(**augment)
+    config.training.batch_size = 1000  # 1.5 epochs of 1,500 a batch: batches span epochs
+  elif name == "checkerboard":
+    config = toy_config("checkerboard")
+  elif name == "IMAGE_FOLDER":
+    config = identity_config("IMAGE_FOLDER", data_dir=image_folder, **augment)
+  elif name == "TFDS":
+    config = identity_config("TINY_TFDS_TEST", data_dir=tiny_tfds, shuffle_buffer_size=8, **augment)
+  else:
+    config = identity_config("FFHQ", tfrecords_path=tfrecord_file, shuffle_buffer_size=8, **augment)
+  return config
+
+
+@pytest.mark.parametrize("source_config", SOURCES, indirect=True)
+def test_resumed_stream_is_the_tail_of_the_uninterrupted_one(source_config):
+  """get_dataset(start=k) yields batches k, k + 1, ... of get_dataset(start=0), bit for bit, with
+  flips and dequantisation noise. With 20 examples an epoch, 8 a batch and blocks of 2 epochs,
+  k in {1, 2, 5, 7, 12} starts mid-epoch, at an epoch's start (batch 5 = example 40, also a block
+  boundary) and in later blocks."""
+  expected = take(datasets.get_dataset(source_config), 16)
+  for k in (1, 2, 5, 7, 12):
+    assert_same_batches(take(datasets.get_dataset(source_config, start=k), 4), expected[k : k + 4])
+  # The stream is random (two batches differ), so equality above is not trivially true.
+  assert not np.array_equal(expected[0]["image"], expected[1]["image"])
+
+
+@pytest.mark.parametrize("source", ["IMAGE_FOLDER", "TFDS", "TFRECORD"])
+def test_training_epochs_are_permutations(
+  source, image_folder, tfrecord_file, tiny_tfds, small_blocks
+):
+  """Every epoch (20 examples: 5 batches hold epochs 0 and 1) holds each example exactly once, in
+  an order that changes from epoch to epoch."""
+  config = {
+    "IMAGE_FOLDER": lambda: identity_config("IMAGE_FOLDER", data_dir=image_folder),
+    "TFDS": lambda: identity_config("TINY_TFDS_TEST", data_dir=tiny_tfds, shuffle_buffer_size=8),
+    "TFRECORD": lambda: identity_config(
+      "FFHQ", tfrecords_path=tfrecord_file, shuffle_buffer_size=8
+    ),
+  }[source]()
+  drawn = np.concatenate([ids(b) for b in take(datasets.get_dataset(config), 5)])
+  first, second = drawn[:20], drawn[20:]
+  np.testing.assert_array_equal(np.sort(first), np.arange(0, 200, 10))
+  np.testing.assert_array_equal(np.sort(second), np.arange(0, 200, 10))
+  assert not np.array_equal(first, second)
+  assert not np.array_equal(first, np.arange(0, 200, 10))  # shuffled
+
+
+def test_evaluation_pass_resumes_too(image_folder):
+  config = identity_config("IMAGE_FOLDER", data_dir=image_folder)
+  full = list(datasets.get_dataset(config, evaluation=True))
+  assert len(full) == 2  # 20 files, batches of 8, the last 4 dropped
+  assert_same_batches(list(datasets.get_dataset(config, evaluation=True, start=1)), full[1:])
+  with pytest.raises(ValueError, match="start = -1"):
+    datasets.get_dataset(config, start=-1)
+
+
+def corrupt_skipped(expected: list[dict], k: int) -> set[int]:
+  """The ids read before batch k and not in batches k, k + 1, ... of `expected`."""
+  before = {int(i) for b in expected[:k] for i in ids(b)}
+  after = {int(i) for b in expected[k:] for i in ids(b)}
+  skipped = before - after
+  assert skipped  # something to prove
+  return skipped
+
+
+def test_image_folder_skips_files_before_decoding_them(image_folder, small_blocks):
+  """The files of the batches before k, replaced by bytes that are no image, are never opened
+  by a stream resumed at k (reading through the stream fails on them)."""
+  config = identity_config("IMAGE_FOLDER", data_dir=image_folder)
+  k = 4
+  expected = take(datasets.get_dataset(config), k + 2)
+  for value in corrupt_skipped(expected, k):
+    folder = "a" if value < 100 else "b"
+    with open(os.path.join(image_folder, folder, f"{(value % 100) // 10:03d}.png"), "wb") as f:
+      f.write(b"not a png")
+  assert_same_batches(take(datasets.get_dataset(config, start=k), 2), expected[k:])
+  with pytest.raises(Exception, match="(?i)image"):
+    take(datasets.get_dataset(config), k + 2)
+
+
+def test_tfrecord_skips_records_before_decoding_them(tmp_path, small_blocks):
+  """Likewise for records (the TFDS path skips undecoded records the same way): records read
+  before batch k are rewritten with data of the wrong length, which decoding rejects."""
+  values = np.arange(0, 200, 10, dtype=np.uint8)
+  images = values[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8)
+  path = str(tmp_path / "records.tfrecords")
+  write_tfrecords(path, images)
+  config = identity_config("FFHQ", tfrecords_path=path, shuffle_buffer_size=8)
+  k = 4
+  expected = take(datasets.get_dataset(config), k + 2)
+  skipped = corrupt_skipped(expected, k)
+  tf, _ = datasets._tf()
+  with tf.io.TFRecordWriter(path) as writer:
+    for image in images:
+      data = image.transpose(2, 0, 1).tobytes()
+      if int(image[0, 0, 0]) in skipped:
+        data = data[:-1]  # 15 bytes for a 1x4x4 image: the reshape fails
+      feature = {
+        "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=(1, 4, 4))),
+        "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
+      }
+      writer.write(
+        tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+      )
+  assert_same_batches(take(datasets.get_dataset(config, start=k), 2), expected[k:])
+  with pytest.raises(Exception, match="(?i)reshape"):
+    take(datasets.get_dataset(config), k + 2)
+
+
+def test_tfrecord_counts_records_and_rejects_a_truncated_file(tmp_path):
+  path = str(tmp_path / "r.tfrecords")
+  write_tfrecords(path, np.zeros((5, 2, 2, 3), np.uint8))
+  assert datasets._count_records(path) == 5
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) - 3)
+  with pytest.raises(ValueError, match="truncated"):
+    datasets._count_records(path)
+
+
+def test_user_source_without_start_is_skipped_by_reading(caplog):
+  """RampSource.host_batches takes no `start`: get_dataset drops the batches itself, with a
+  warning, and the result is still the tail of the stream (augmentation included)."""
+  config = ramp_config(random_flip=True, uniform_dequantization=True)
+  config.training.batch_size = 64
+  expected = take(datasets.get_dataset(config), 5)
+  assert_same_batches(take(datasets.get_dataset(config, start=3), 2), expected[3:])
+  assert "takes no `start`" in caplog.text
