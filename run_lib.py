@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import itertools
 import json
 import os
 import sys
@@ -343,9 +342,9 @@ def train(config: Any, workdir: str, **unused: Any) -> losses.TrainState:
     state, initial_step = restored
     logging.info("Resumed from the checkpoint of step %d.", initial_step)
 
-  # The data stream continues where the checkpoint left it: batch k feeds step k.
-  train_iter = datasets.get_dataset(config, split="train")
-  train_iter = itertools.islice(train_iter, initial_step, None)
+  # The data stream continues where the checkpoint left it: batch k feeds step k. The source
+  # skips the consumed batches before decoding them (datasets.get_dataset's `start`).
+  train_iter = datasets.get_dataset(config, split="train", start=initial_step)
   eval_iter = _endless(lambda: datasets.get_dataset(config, split="test", evaluation=True))
   reference = None
   if not experiment.is_image and run.sampler is not None:
