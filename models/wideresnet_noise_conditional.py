@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import layers
 from models.layerspp import GaussianFourierProjection
 from models.utils import register_model
 
@@ -48,7 +49,7 @@ def _last_layer_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) 
 def _norm_relu(x: jax.Array, name: str, relu: bool = True) -> jax.Array:
   """GroupNorm with min(C // 4, 32) groups (epsilon 1e-5), then ReLU."""
   groups = max(min(x.shape[-1] // 4, 32), 1)
-  x = nn.GroupNorm(num_groups=groups, epsilon=_GN_EPS, name=name)(x)
+  x = layers.GroupNorm(num_groups=groups, epsilon=_GN_EPS, name=name)(x)
   return nn.relu(x) if relu else x
 
 
