@@ -44,7 +44,7 @@ def test_group_norm_matches_flax(shape, groups):
 
   d_ours = jax.grad(lambda p, x: loss(ours, p, x), argnums=(0, 1))(params, x)
   d_theirs = jax.grad(lambda p, x: loss(theirs, p, x), argnums=(0, 1))(params, x)
-  for a, b in zip(jax.tree.leaves(d_ours), jax.tree.leaves(d_theirs)):
+  for a, b in zip(jax.tree.leaves(d_ours), jax.tree.leaves(d_theirs), strict=True):
     scale = float(jnp.max(jnp.abs(b)))
     np.testing.assert_allclose(a, b, atol=5e-5 * scale, rtol=0)
 
