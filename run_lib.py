@@ -19,6 +19,15 @@ therefore ends bit for bit where an uninterrupted one does, and so does a run wi
 
 Every config check runs in `build_training`, before anything is compiled or written: a wrong
 config fails in a second with a ValueError naming the field.
+
+Pre-emption. Cloud TPU, Kubernetes and SLURM send SIGTERM some time before they stop a job. The
+first SIGTERM makes `train` finish the step it is in, write a checkpoint of that step, wait until
+orbax has it on disk and raise `TrainingPreempted`, a `SystemExit` with code 143 (128 + SIGTERM,
+what a process killed by SIGTERM reports): the process exits without a traceback, and the scheduler
+sees a job that did not finish (exit 0 would tell Kubernetes or a retry wrapper that it had), so it
+restarts or requeues it, and the restart resumes from that checkpoint. A second SIGTERM (or ctrl-C)
+stops the process at once. With several processes, JAX's pre-emption service (on by default with
+`jax.distributed`) catches SIGTERM on any host and every host stops at the same step.
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ import functools
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,6 +67,73 @@ YNN_FUSION = "xla_cpu_experimental_ynn_fusion_type"
 
 class TrainingDivergedError(FloatingPointError):
   """The loss or the train state became NaN or infinite; the last good checkpoint is kept."""
+
+
+# Exit code of a run stopped by SIGTERM after its pre-emption checkpoint: 128 + 15.
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class TrainingPreempted(SystemExit):
+  """Training stopped on SIGTERM at `step`, whose checkpoint is on disk (exit code 143)."""
+
+  def __init__(self, step: int):
+    super().__init__(PREEMPTED_EXIT_CODE)
+    self.step = step
+
+
+class _PreemptionNotice:
+  """Between `install` and `uninstall`, records a SIGTERM as a request to stop after the current
+  step.
+
+  One process: a SIGTERM handler (main thread only) that sets the request and restores the
+  default action, so a second SIGTERM terminates the process at once. Several processes: JAX's
+  pre-emption service, which catches SIGTERM on any host and makes `stop_requested` true on every
+  host at the same call (it must then be asked after every call, with consecutive numbers).
+  """
+
+  def __init__(self):
+    self._received = False
+    self._previous = None
+    self._installed = False
+    self._multihost = jax.process_count() > 1
+
+  def install(self) -> None:
+    if self._multihost:
+      return
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
+    else:
+      logging.warning("train runs outside the main thread: SIGTERM is not handled gracefully.")
+
+  def _handle(self, signum: int, frame: Any) -> None:
+    del signum, frame
+    self._received = True
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    logging.warning(
+      "SIGTERM: finishing the current step, then writing a pre-emption checkpoint and exiting "
+      "(a second SIGTERM or ctrl-C stops at once)."
+    )
+
+  def stop_requested(self, call: int) -> bool:
+    """Whether to stop after train call number `call` (consecutive on every host)."""
+    if not self._multihost:
+      return self._received
+    from jax.experimental import multihost_utils
+
+    try:
+      return multihost_utils.reached_preemption_sync_point(call)
+    except RuntimeError as error:  # the pre-emption service is disabled
+      logging.warning("No graceful SIGTERM handling across hosts: %s", error)
+      self._multihost = False
+      return False
+
+  def uninstall(self) -> None:
+    """Restores the SIGTERM handler that `install` replaced."""
+    if self._installed:
+      previous = self._previous if self._previous is not None else signal.SIG_DFL
+      signal.signal(signal.SIGTERM, previous)
+      self._installed = False
 
 
 def _check_frequencies(config: Any) -> None:
@@ -309,8 +387,10 @@ def train(config: Any, workdir: str, **unused: Any) -> losses.TrainState:
   """Trains `config`'s model in `workdir`, resuming from its newest good checkpoint.
 
   Returns the final train state. Raises `TrainingDivergedError` if the loss or the state becomes
-  non-finite (nothing non-finite is saved: the last good checkpoint stays the newest), and
-  `ValueError` naming the field for a bad config, before anything compiles or is written.
+  non-finite (nothing non-finite is saved: the last good checkpoint stays the newest),
+  `TrainingPreempted` (exit code 143) after a SIGTERM, once the checkpoint of the step it stopped
+  at is written (see the module docstring), and `ValueError` naming the field for a bad config,
+  before anything compiles or is written.
   """
   del unused
   run = build_training(config, workdir)
@@ -365,7 +445,11 @@ def train(config: Any, workdir: str, **unused: Any) -> losses.TrainState:
   step = initial_step
   last_log = None  # (time, step, data seconds) at the last log; set after the first call
   data_seconds = 0.0
+  saved_step = None  # the step of the last checkpoint this run started
+  preempted = False
+  notice = _PreemptionNotice()
   try:
+    notice.install()
     while step + n_jitted <= num_steps:
       start = time.perf_counter()
       batches = stacked_batches(train_iter, n_jitted)
@@ -404,6 +488,13 @@ def train(config: Any, workdir: str, **unused: Any) -> losses.TrainState:
 
       if manager.should_save(step) or step + n_jitted > num_steps:
         manager.save(step, state, config)
+        saved_step = step
+
+      if notice.stop_requested(step // n_jitted):
+        if saved_step != step:
+          manager.save(step, state, config)
+        preempted = True
+        break
 
       if run.sampler is not None and step % int(training.snapshot_freq) == 0:
         samples, nfe = run.sampler(jax.random.fold_in(sample_key, step), state.ema_params)
@@ -417,7 +508,16 @@ def train(config: Any, workdir: str, **unused: Any) -> losses.TrainState:
   finally:
     progress.close()
     writer.close()
-    manager.close()
+    manager.close()  # waits until every started checkpoint is on disk
+    notice.uninstall()  # after the wait: a SIGTERM during it is still a graceful request
+  if preempted:
+    logging.warning(
+      "Pre-empted: the checkpoint of step %d is written; exiting with code %d. Run the same "
+      "command again to resume from it.",
+      step,
+      PREEMPTED_EXIT_CODE,
+    )
+    raise TrainingPreempted(step)
   logging.info("Finished at step %d; state fingerprint %s.", step, state_fingerprint(state))
   return state
 
