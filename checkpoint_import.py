@@ -39,8 +39,10 @@ checkpoints as `<workdir>/checkpoints/constants.msgpack` ({"constants": {...}}) 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -56,6 +58,7 @@ import checkpoints
 import losses
 import pth_reader
 import sde_lib
+from models import ncsnv2
 from models import utils as mutils
 
 __all__ = [
@@ -109,6 +112,10 @@ LEAF_RULES: dict[tuple[str, int | None], Rule] = {
   ("bias", None): ("bias", _identity, _identity),
   ("W", None): ("W", _identity, _identity),  # NIN (in, out) as ours; Fourier frequencies
   ("b", None): ("b", _identity, _identity),
+  ("alpha", 1): ("alpha", _identity, _identity),  # InstanceNorm++ (C,)
+  ("gamma", 1): ("gamma", _identity, _identity),
+  ("beta", 1): ("beta", _identity, _identity),
+  ("embedding", 2): ("weight", _identity, _identity),  # nn.Embedding (levels, features) as ours
 }
 
 
@@ -141,8 +148,42 @@ TORCH_UNUSED: tuple[tuple[Callable[[Any], bool], str], ...] = (
 
 # Networks whose PyTorch port keeps its layers in one `all_modules` list in creation order, so that
 # the order-based correspondence above applies (and is tested against the port's networks).
-# NCSNv2 / NCSN name their layers as attributes registered in another order: not supported yet.
-PTH_MODELS = ("ncsnpp", "ddpm")
+PTH_ORDERED_MODELS = ("ncsnpp", "ddpm")
+
+
+def _one_based(kind: str) -> Callable[[re.Match], tuple[str, ...]]:
+  return lambda m: (f"{int(m[1]) + 1}_{int(m[2]) + 1}_{kind}",)
+
+
+# Networks whose port names its layers as attributes (the RefineNets: NCSNv2, NCSN). Each of our
+# module names (one path component, whole-name match) becomes the port's dotted name; where a rule
+# gives several candidates, the one present in the file is used (exactly one must be). First
+# matching rule wins; a name no rule matches is the port's name unchanged (begin_conv, conv1,
+# normalize2, msf, crp, normalizer, end_conv, ...).
+TORCH_MODULE_RENAMES: tuple[tuple[str, Callable[[re.Match], tuple[str, ...]]], ...] = (
+  (r"res(\d+)_(\d+)", lambda m: (f"res{m[1]}.{m[2]}",)),  # encoder stages: nn.ModuleList
+  (r"adapt_(\d+)", lambda m: (f"adapt_convs.{m[1]}",)),  # RefineBlock's input RCUs
+  (r"output", lambda m: ("output_convs",)),
+  (r"conv_(\d+)_(\d+)", _one_based("conv")),  # RCU attributes "1_1_conv", "1_1_norm", ...
+  (r"norm_(\d+)_(\d+)", _one_based("norm")),
+  (r"conv_(\d+)", lambda m: (f"convs.{m[1]}",)),  # MSF / CRP lists
+  (r"norm_(\d+)", lambda m: (f"norms.{m[1]}",)),
+  # A residual block that halves the resolution wraps these in ConvMeanPool(.conv); dilated ones
+  # do not.
+  (r"conv2|shortcut", lambda m: (m[0], f"{m[0]}.conv")),
+)
+
+# Per-architecture renames of our top-level modules, before TORCH_MODULE_RENAMES: the port's
+# 256-pixel NCSNv2 inserts its extra stage as "res31" / "refine31" instead of renumbering.
+TORCH_TOP_RENAMES: dict[str, dict[str, str]] = {
+  "ncsnv2_256": {
+    **{f"res{i}_{j}": f"res{n}.{j}" for i, n in ((4, 31), (5, 4), (6, 5)) for j in (0, 1)},
+    **{f"refine{i}": f"refine{n}" for i, n in ((3, 31), (4, 3), (5, 4), (6, 5))},
+  },
+}
+
+PTH_NAMED_MODELS = ("ncsnv2", "ncsnv2_64", "ncsnv2_128", "ncsnv2_256", "ncsn")
+PTH_MODELS = PTH_ORDERED_MODELS + PTH_NAMED_MODELS
 
 # Our variable collections that hold released tensors (params first: the EMA covers only those).
 _COLLECTIONS = ("params", "constants")
@@ -222,29 +263,25 @@ def _torch_groups(state_dict: Mapping[str, np.ndarray]) -> tuple[list[tuple[str,
   return list(groups.items()), top
 
 
-def map_pth(
-  config: Any, state_dict: Mapping[str, Any], ema_list: list[Any] | None = None
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-  """Maps a score_sde_pytorch model state_dict (and EMA list) onto our variables.
-
-  Args:
-    config: the experiment config whose network the checkpoint is for.
-    state_dict: {"module.<path>" or "<path>": array}, in the file's order.
-    ema_list: the EMA's `shadow_params` (parameter order, trainable parameters only), or None.
-
-  Returns:
-    ({"params": ..., "constants": ...} from the model weights, the same from the EMA or None); the
-    EMA's constants are the model's (they are not trained).
-
-  Raises:
-    CheckpointImportError naming the first tensor that is unmapped, unused or of the wrong shape.
-  """
-  if config.model.name not in PTH_MODELS:
+def _take(
+  value: np.ndarray, shape: tuple[int, ...], transform: Callable, our_name: str, torch_key: str
+) -> np.ndarray:
+  """A reference tensor in our layout, its shape checked against our leaf's."""
+  if value.shape != shape and value.size == int(np.prod(shape)) and value.ndim > len(shape):
+    value = value.reshape(shape)  # e.g. GroupNorm (1, 1, 1, C)
+  mapped = transform(value)
+  if mapped.shape != shape:
     raise CheckpointImportError(
-      f"config.model.name = {config.model.name!r}: importing score_sde_pytorch checkpoints is "
-      f"supported for {', '.join(PTH_MODELS)} (Flax checkpoints map by name for every model)."
+      f"Shape mismatch at our {our_name}: expects {shape}, reference '{torch_key}' "
+      f"has {value.shape} (-> {mapped.shape}); a checkpoint of another config?"
     )
-  _, variables, order = target_tree(config)
+  return np.ascontiguousarray(mapped, dtype=np.float32)
+
+
+def _map_by_order(
+  config: Any, sd: Mapping[str, np.ndarray], variables: Mapping[str, Any], order: list[str]
+) -> tuple[dict[Path, np.ndarray], dict[Path, str]]:
+  """The all_modules networks: our i-th top-level module with variables is `all_modules.<i>`."""
   ours = _our_leaves(variables)
   by_module: dict[str, dict[Path, tuple[str, tuple[int, ...]]]] = {}
   for path, info in ours.items():
@@ -253,20 +290,7 @@ def map_pth(
   missing_order = sorted(set(by_module) - set(modules))
   if missing_order:  # a module holding variables that was never called: cannot be ordered
     raise CheckpointImportError(f"Modules {missing_order} were not traced in call order.")
-
-  sd = {}
-  for key, value in state_dict.items():
-    if not isinstance(value, np.ndarray):
-      raise CheckpointImportError(f"model entry {key!r} is a {type(value).__name__}, not an array.")
-    sd[key[len("module.") :] if key.startswith("module.") else key] = value
-  groups, top = _torch_groups(sd)
-
-  for name, value in top.items():
-    if name not in TORCH_BUFFERS:
-      raise CheckpointImportError(f"Reference tensor {name!r} {value.shape} has no mapping.")
-    problem = TORCH_BUFFERS[name](value, config)
-    if problem:
-      raise CheckpointImportError(f"Reference {problem}: a checkpoint of another config?")
+  groups, _ = _torch_groups(sd)
 
   flat: dict[Path, np.ndarray] = {}
   torch_key_of: dict[Path, str] = {}
@@ -292,15 +316,7 @@ def map_pth(
         )
       value = unused.pop(torch_key)
       torch_key = f"{group}.{torch_key}"
-      if value.shape != shape and value.size == int(np.prod(shape)) and value.ndim > len(shape):
-        value = value.reshape(shape)  # e.g. GroupNorm (1, 1, 1, C)
-      mapped = transform(value)
-      if mapped.shape != shape:
-        raise CheckpointImportError(
-          f"Shape mismatch at our {our_name}: expects {shape}, reference '{torch_key}' "
-          f"has {value.shape} (-> {mapped.shape}); a checkpoint of another config?"
-        )
-      flat[(collection, module, *sub)] = np.ascontiguousarray(mapped, dtype=np.float32)
+      flat[(collection, module, *sub)] = _take(value, shape, transform, our_name, torch_key)
       torch_key_of[(collection, module, *sub)] = torch_key
     for when, prefix in TORCH_UNUSED:
       if when(config):
@@ -318,6 +334,113 @@ def map_pth(
       f"Our {collection} leaf {'/'.join((module, *sub))} {shape} has no reference tensor: the "
       f"checkpoint has fewer layers ({len(groups)}) than the network ({len(modules)})."
     )
+  return flat, torch_key_of
+
+
+def _architecture(config: Any) -> str:
+  """config.model.name, with NCSNv2's depth made explicit (the port names depths differently)."""
+  name = str(config.model.name)
+  if name == "ncsnv2":
+    return f"ncsnv2_{ncsnv2.variant_for_image_size(int(config.data.image_size))}"
+  return name
+
+
+def torch_names(config: Any, path: Path) -> list[str]:
+  """The port's candidate state_dict keys (without "module.") for our module path + leaf name.
+
+  Applies TORCH_TOP_RENAMES to the top-level module, TORCH_MODULE_RENAMES to every module name,
+  and the leaf's LEAF_RULES name; a leaf of rank r is looked up with `_rule(path, r)` by the
+  caller, so `path[-1]` here is already the port's leaf name.
+  """
+  top = TORCH_TOP_RENAMES.get(_architecture(config), {})
+  options: list[tuple[str, ...]] = []
+  for depth, name in enumerate(path[:-1]):
+    if depth == 0 and name in top:
+      options.append((top[name],))
+      continue
+    for pattern, rename in TORCH_MODULE_RENAMES:
+      match = re.fullmatch(pattern, name)
+      if match:
+        options.append(rename(match))
+        break
+    else:
+      options.append((name,))
+  return [".".join((*parts, path[-1])) for parts in itertools.product(*options)]
+
+
+def _map_by_name(
+  config: Any, sd: Mapping[str, np.ndarray], variables: Mapping[str, Any]
+) -> tuple[dict[Path, np.ndarray], dict[Path, str]]:
+  """The RefineNets: each of our leaves names its port tensor through the rename tables."""
+  flat: dict[Path, np.ndarray] = {}
+  torch_key_of: dict[Path, str] = {}
+  used: set[str] = set()
+  for path, (collection, shape) in _our_leaves(variables).items():
+    torch_leaf, transform, _ = _rule(path, len(shape))
+    candidates = torch_names(config, (*path[:-1], torch_leaf))
+    found = [key for key in candidates if key in sd]
+    our_name = "/".join(path)
+    if len(found) != 1:
+      what = "is missing" if not found else f"is ambiguous ({found})"
+      raise CheckpointImportError(
+        f"Our {collection} leaf {our_name} {shape} expects reference tensor "
+        f"'{' or '.join(candidates)}', which {what}: a checkpoint of another architecture or "
+        "config?"
+      )
+    key = found[0]
+    used.add(key)
+    flat[(collection, *path)] = _take(sd[key], shape, transform, our_name, key)
+    torch_key_of[(collection, *path)] = key
+  for key, value in sd.items():
+    if "." in key and key not in used:
+      raise CheckpointImportError(
+        f"Reference tensor '{key}' {value.shape} is not used by the config's network: a "
+        "checkpoint of another architecture or config?"
+      )
+  return flat, torch_key_of
+
+
+def map_pth(
+  config: Any, state_dict: Mapping[str, Any], ema_list: list[Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+  """Maps a score_sde_pytorch model state_dict (and EMA list) onto our variables.
+
+  Args:
+    config: the experiment config whose network the checkpoint is for.
+    state_dict: {"module.<path>" or "<path>": array}, in the file's order.
+    ema_list: the EMA's `shadow_params` (parameter order, trainable parameters only), or None.
+
+  Returns:
+    ({"params": ..., "constants": ...} from the model weights, the same from the EMA or None); the
+    EMA's constants are the model's (they are not trained).
+
+  Raises:
+    CheckpointImportError naming the first tensor that is unmapped, unused or of the wrong shape.
+  """
+  if config.model.name not in PTH_MODELS:
+    raise CheckpointImportError(
+      f"config.model.name = {config.model.name!r}: importing score_sde_pytorch checkpoints is "
+      f"supported for {', '.join(PTH_MODELS)} (Flax checkpoints map by name for every model)."
+    )
+  _, variables, order = target_tree(config)
+
+  sd = {}
+  for key, value in state_dict.items():
+    if not isinstance(value, np.ndarray):
+      raise CheckpointImportError(f"model entry {key!r} is a {type(value).__name__}, not an array.")
+    sd[key[len("module.") :] if key.startswith("module.") else key] = value
+  top = {key: value for key, value in sd.items() if "." not in key}
+  for name, value in top.items():
+    if name not in TORCH_BUFFERS:
+      raise CheckpointImportError(f"Reference tensor {name!r} {value.shape} has no mapping.")
+    problem = TORCH_BUFFERS[name](value, config)
+    if problem:
+      raise CheckpointImportError(f"Reference {problem}: a checkpoint of another config?")
+
+  if config.model.name in PTH_ORDERED_MODELS:
+    flat, torch_key_of = _map_by_order(config, sd, variables, order)
+  else:
+    flat, torch_key_of = _map_by_name(config, sd, variables)
 
   model_vars = _unflatten(flat)
   if ema_list is None:
@@ -346,7 +469,7 @@ def map_pth(
       )
     if path is None:  # a TORCH_UNUSED tensor
       continue
-    _, transform, _ = _rule(path[2:], len(flat[path].shape))
+    _, transform, _ = _rule(path[1:], len(flat[path].shape))
     ema_flat[path] = np.ascontiguousarray(
       transform(value.reshape(sd[torch_key].shape)), dtype=np.float32
     )
@@ -410,6 +533,23 @@ def random_torch_checkpoint(config: Any, seed: int = 0) -> dict[str, Any]:
 
 # --- Flax ----------------------------------------------------------------------------------------
 
+# Flax layouts that name parameters like ours cannot describe: (our model names, top-level names
+# that identify the layout, why it is refused). The original score_sde JAX code's NCSNv2 / NCSN
+# (auto-named ResidualBlock_0, RefineBlock_0, ...) are not the networks of the NCSN authors and
+# of score_sde_pytorch that this project implements, so their outputs could not be reproduced.
+FLAX_REFUSED_LAYOUTS: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = (
+  (
+    PTH_NAMED_MODELS,
+    ("ResidualBlock_0", "ConditionalResidualBlock_0", "RefineBlock_0", "CondRefineBlock_0"),
+    "a checkpoint of the original score_sde JAX code's NCSNv2 / NCSN, which are other networks "
+    "than the NCSN authors' (and score_sde_pytorch's) implemented here: in the original the third "
+    "RefineBlock of the 64-pixel networks is 2 nf wide (nf here), bilinear up-sampling uses "
+    "half-pixel centres (aligned corners here) and InstanceNorm++ standardises the channel means "
+    "by their biased variance (unbiased here). Its outputs cannot be reproduced, so it is not "
+    "imported; score_sde_pytorch .pth checkpoints of NCSNv2 / NCSN are.",
+  ),
+)
+
 
 def map_flax(config: Any, tree: Mapping[str, Any], which: str) -> dict[str, Any]:
   """Maps a Flax parameter tree of the original code (`optimizer.target` or `params_ema`).
@@ -417,6 +557,9 @@ def map_flax(config: Any, tree: Mapping[str, Any], which: str) -> dict[str, Any]
   Names are our own; the Fourier `W` moves from params to "constants", GroupNorm (1, 1, 1, C)
   arrays become (C,). Every leaf must be used and every shape match.
   """
+  for models, markers, reason in FLAX_REFUSED_LAYOUTS:
+    if config.model.name in models and any(name in tree for name in markers):
+      raise CheckpointImportError(f"The checkpoint's {which} is {reason}")
   _, variables, _ = target_tree(config)
   ours = _our_leaves(variables)
   theirs = {tuple(p): np.asarray(v) for p, v in flatten_dict(dict(tree)).items()}
@@ -508,6 +651,14 @@ def read_checkpoint(config: Any, path: str | os.PathLike) -> tuple[dict, dict, i
     logging.warning("The checkpoint has no EMA: its raw weights are used as the EMA too.")
     ema_vars = model_vars
   elif "constants" in model_vars:
+    ema_constants = ema_vars.get("constants")
+    if ema_constants is not None and not all(
+      np.array_equal(a, b)
+      for a, b in zip(
+        jax.tree.leaves(ema_constants), jax.tree.leaves(model_vars["constants"]), strict=True
+      )
+    ):  # never in a trained checkpoint: these are not trained, so their EMA equals them
+      logging.warning("The EMA's fixed constants differ from the model's: the model's are used.")
     ema_vars["constants"] = model_vars["constants"]
   return model_vars, ema_vars, step
 

@@ -64,6 +64,16 @@ _BASE_MODEL = dict(
 )
 _VE = dict(name="vesde", sigma_min=0.01, sigma_max=50.0, N=1000)
 _VP = dict(name="vpsde", beta_min=0.1, beta_max=20.0, N=1000)
+# NCSNv2 / NCSN condition on the level index, so N = config.model.num_scales: a few levels suffice.
+_VE_SMALL = dict(name="vesde", sigma_min=0.01, sigma_max=50.0, N=10)
+_NCSNV2_MODEL = dict(
+  name="ncsnv2_64",
+  nf=4,
+  normalization="InstanceNorm++",
+  nonlinearity="elu",
+  interpolation="bilinear",
+  scale_by_sigma=True,
+)
 
 # name -> (model overrides, sde, continuous). Together they cover: Fourier / positional embedding,
 # FIR / plain resampling, BigGAN / DDPM blocks, progressive none / output_skip / residual,
@@ -134,6 +144,15 @@ CASES = {
     _VP,
     False,
   ),
+  # NCSNv2 (RefineNet, InstanceNorm++, output / sigma_i), discrete VE on 10 levels: the network
+  # gets the integer level index. 16x16: one halving, then the two dilated stages at 8x8.
+  "ncsnv2_ve_discrete": (_NCSNV2_MODEL, _VE_SMALL, False),
+  # NCSN (v1): conditional InstanceNorm++ everywhere, average pooling, no division by sigma.
+  "ncsn_ve_discrete": (
+    {**_NCSNV2_MODEL, "name": "ncsn", "scale_by_sigma": False},
+    _VE_SMALL,
+    False,
+  ),
 }
 
 BATCH = 3
@@ -176,7 +195,56 @@ def _import_reference(ref_dir: str):
   from models import ddpm, ncsnpp, ncsnv2  # noqa: F401  (register the models)
   from models import utils as mutils
 
+  _patch_refinenet(torch, ncsnv2)
+
   return torch, ml_collections, sde_lib, mutils, ExponentialMovingAverage
+
+
+def _patch_refinenet(torch, ncsnv2) -> None:
+  """In-process fixes of the port's NCSNv2 / NCSN (its files stay untouched).
+
+  - `ncsn_conv3x3` pads by 1 whatever the dilation (dilated blocks then shrink the feature maps
+    and their residual sums fail) and scales `conv.bias` even when there is none (bias=False
+    raises): replaced by a 3x3 convolution padded by the dilation, as in the NCSN authors' code.
+  - The port's NCSN asks `get_normalization(config)` for the plain InstanceNorm++ but calls it
+    with the level index; it is given the conditional layer (class itself, since the blocks pass
+    the number of classes positionally).
+  - `ConditionalResidualBlock` defaults to dilation=None and compares it with 1: default 1.
+  """
+  import functools
+
+  from models import layers, normalization
+
+  def ncsn_conv3x3(
+    in_planes, out_planes, stride=1, bias=True, dilation=1, init_scale=1.0, padding=None
+  ):
+    init_scale = 1e-10 if init_scale == 0 else init_scale
+    conv = torch.nn.Conv2d(
+      in_planes,
+      out_planes,
+      kernel_size=3,
+      stride=stride,
+      bias=bias,
+      dilation=dilation,
+      padding=dilation if padding is None else padding,
+    )
+    with torch.no_grad():
+      conv.weight.mul_(init_scale)
+      if conv.bias is not None:
+        conv.bias.mul_(init_scale)
+    return conv
+
+  layers.ncsn_conv3x3 = ncsn_conv3x3
+  ncsnv2.ncsn_conv3x3 = ncsnv2.conv3x3 = ncsn_conv3x3
+  plain = ncsnv2.get_normalization
+
+  def get_normalization(config, conditional=False):
+    if config.model.name == "ncsn":
+      return normalization.ConditionalInstanceNorm2dPlus
+    return plain(config, conditional)
+
+  ncsnv2.get_normalization = get_normalization
+  ncsnv2.ConditionalResidualBlock = functools.partial(layers.ConditionalResidualBlock, dilation=1)
 
 
 def _reference_config(ml_collections, model: dict, sde: dict, continuous: bool):
@@ -184,8 +252,9 @@ def _reference_config(ml_collections, model: dict, sde: dict, continuous: bool):
   config.training = ml_collections.ConfigDict(
     {"continuous": continuous, "sde": sde["name"], "batch_size": BATCH}
   )
+  # `channels`: the port's NCSNv2 / NCSN read config.data.channels, which no config defines.
   config.data = ml_collections.ConfigDict(
-    {"image_size": IMAGE_SIZE, "num_channels": CHANNELS, "centered": False}
+    {"image_size": IMAGE_SIZE, "num_channels": CHANNELS, "channels": CHANNELS, "centered": False}
   )
   m = dict(model)
   m["sigma_min"], m["sigma_max"] = _VE["sigma_min"], _VE["sigma_max"]
@@ -238,7 +307,8 @@ def make_case(refs, name: str, overrides: dict, sde: dict, continuous: bool, see
   if continuous:
     t = torch.tensor([0.05, 0.4, 0.93])
   else:  # times on the discrete grid, as the discrete samplers use them
-    t = torch.tensor([999, 555, 111], dtype=torch.float64).div(999).float()
+    n = sde["N"] - 1
+    t = torch.tensor([n, (5 * n) // 9, n // 9], dtype=torch.float64).div(n).float()
   if sde["name"] == "vesde":
     labels = (
       ref_sde.marginal_prob(torch.zeros_like(x), t)[1]
@@ -257,6 +327,8 @@ def make_case(refs, name: str, overrides: dict, sde: dict, continuous: bool, see
     return a.detach().numpy().transpose(0, 2, 3, 1).astype(np.float32)
 
   our_model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model_fields.items()}
+  if model_fields["name"] in ("ncsnv2_64", "ncsn"):  # the level table is the SDE's levels
+    our_model["num_scales"] = sde["N"]
   np.savez_compressed(
     os.path.join(OUT_DIR, f"{name}.npz"),
     x=nhwc(x),
@@ -278,10 +350,32 @@ def make_case(refs, name: str, overrides: dict, sde: dict, continuous: bool, see
   print(f"{name}: {sum(p.numel() for p in net.parameters())} parameters, step {step}")
 
 
+def write_layouts(refs, path: str) -> None:
+  """The port's 128- and 256-pixel NCSNv2 state_dict layouts (nf 2): keys, shapes, EMA length."""
+  global IMAGE_SIZE
+  torch, ml_collections, _, mutils, _ = refs
+  layouts, image_size = {}, IMAGE_SIZE
+  for name, size in (("ncsnv2_128", 128), ("ncsnv2_256", 256)):
+    IMAGE_SIZE = size
+    config = _reference_config(
+      ml_collections, {**_NCSNV2_MODEL, "name": name, "nf": 2}, _VE_SMALL, False
+    )
+    net = mutils.create_model(config)
+    layouts[name] = {
+      "model": [[k, list(v.shape)] for k, v in net.state_dict().items()],
+      "ema_length": sum(1 for p in net.parameters() if p.requires_grad),
+    }
+  IMAGE_SIZE = image_size
+  with open(path, "w") as f:
+    json.dump(layouts, f, indent=0)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("reference_dir", help="work tree of yang-song/score_sde_pytorch")
-  parser.add_argument("--only", nargs="*", default=None, help="case names to (re)write")
+  parser.add_argument(
+    "--only", nargs="*", default=None, help="case names (or 'layouts') to (re)write"
+  )
   args = parser.parse_args()
   os.makedirs(OUT_DIR, exist_ok=True)
   refs = _import_reference(os.path.abspath(args.reference_dir))
@@ -289,6 +383,8 @@ def main() -> None:
     if args.only and name not in args.only:
       continue
     make_case(refs, name, overrides, sde, continuous, seed)
+  if not args.only or "layouts" in args.only:
+    write_layouts(refs, os.path.join(OUT_DIR, "ncsnv2_port_layouts.json"))
 
 
 if __name__ == "__main__":
