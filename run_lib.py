@@ -27,7 +27,9 @@ what a process killed by SIGTERM reports): the process exits without a traceback
 sees a job that did not finish (exit 0 would tell Kubernetes or a retry wrapper that it had), so it
 restarts or requeues it, and the restart resumes from that checkpoint. A second SIGTERM (or ctrl-C)
 stops the process at once. With several processes, JAX's pre-emption service (on by default with
-`jax.distributed`) catches SIGTERM on any host and every host stops at the same step.
+`jax.distributed`) catches SIGTERM on any host and every host stops after the same step
+(tests/test_preemption.py); it keeps catching SIGTERM, so stop such a job at once with ctrl-C or
+SIGKILL.
 """
 
 from __future__ import annotations

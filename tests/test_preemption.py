@@ -21,6 +21,7 @@ import pytest
 
 import checkpoints
 import run_lib
+from tests import test_multihost
 from tests.test_resume import OVERRIDES, assert_states_identical, make_config, restore_latest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,3 +175,60 @@ def test_sigterm_to_main_exits_143_after_its_checkpoint_and_a_restart_resumes(tm
   restored, step = restore_latest(workdir, config)
   assert step == total
   assert_states_identical(restored, expected)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_hosts_stops_both_at_the_same_step(tmp_path):
+  """Two main.py processes of one job (tests/test_multihost.py): SIGTERM to process 1 only.
+  JAX's pre-emption service tells process 0, both stop after the same step, write its checkpoint
+  together and exit 143; restarted, both resume from it and stay identical."""
+  workdir = str(tmp_path / "run")
+  address = f"127.0.0.1:{test_multihost._free_port()}"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  args = ["--config", "configs/toy/checkerboard.py", "--workdir", workdir, "--multihost"]
+  args += [f"--coordinator_address={address}", "--num_processes=2"]
+  changes = {
+    **test_multihost.OVERRIDES,
+    "training.n_iters": 1_000_000,
+    "training.snapshot_freq": 100_000,
+    "training.snapshot_freq_for_preemption": 100_000,
+    "training.eval_freq": 100_000,
+  }
+  args += [f"--config.{k}={v}" for k, v in changes.items()]
+  log_paths = [tmp_path / f"host{i}.log" for i in range(2)]
+  logs = [open(path, "w") for path in log_paths]  # closed below
+  processes = [
+    subprocess.Popen(
+      [sys.executable, "main.py", *args, f"--process_id={i}"],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=logs[i],
+    )
+    for i in range(2)
+  ]
+  try:
+    deadline = time.monotonic() + 300
+    while "First train call" not in log_paths[1].read_text():
+      assert all(p.poll() is None for p in processes), log_paths[1].read_text()[-3000:]
+      assert time.monotonic() < deadline
+      time.sleep(0.05)
+    processes[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=120) for p in processes]
+  finally:
+    for process, log in zip(processes, logs, strict=True):
+      if process.poll() is None:
+        process.kill()
+      log.close()
+  texts = [path.read_text() for path in log_paths]
+  assert codes == [143, 143], [t[-2000:] for t in texts]
+  steps = [int(re.search(r"Pre-empted: the checkpoint of step (\d+)", t).group(1)) for t in texts]
+  assert steps[0] == steps[1]
+  directory = os.path.join(workdir, "checkpoints")
+  assert sorted(int(n) for n in os.listdir(directory) if n.isdigit()) == [steps[0]]
+
+  resumed = test_multihost.run_two_hosts(workdir, n_iters=steps[0] + 10)
+  for log in resumed:
+    assert f"Resumed from the checkpoint of step {steps[0]}." in log
+  fingerprints = [test_multihost.final_fingerprint(log, steps[0] + 10) for log in resumed]
+  assert fingerprints[0] == fingerprints[1]
