@@ -28,8 +28,8 @@ sees a job that did not finish (exit 0 would tell Kubernetes or a retry wrapper 
 restarts or requeues it, and the restart resumes from that checkpoint. A second SIGTERM (or ctrl-C)
 stops the process at once. With several processes, JAX's pre-emption service (on by default with
 `jax.distributed`) catches SIGTERM on any host and every host stops after the same step
-(tests/test_preemption.py); it keeps catching SIGTERM, so stop such a job at once with ctrl-C or
-SIGKILL.
+(tests/test_preemption.py); SIGTERM is then JAX's to handle, so stop such a job at once with
+ctrl-C or SIGKILL.
 """
 
 from __future__ import annotations
