@@ -15,19 +15,36 @@ Formats, detected from the file's first bytes (not its name):
   {"step", "optimizer": {"target": params, "state": ...}, "lr", "model_state", "ema_rate",
   "params_ema", "rng"}; parameter names are the Flax auto-names our modules reproduce.
 
-The mapping is data (`LEAF_RULES`, `TORCH_BUFFERS`) used the same way for every architecture:
+The mapping is data (`LEAF_RULES`, `TORCH_MODULE_RENAMES`, `TORCH_TOP_RENAMES`, `TORCH_BUFFERS`,
+`FLAX_REFUSED_LAYOUTS`) used the same way for every architecture:
 - each leaf of our tree (by its name and rank) names the reference leaf it comes from and the
   layout change: conv kernels HWIO <- OIHW, dense kernels (in, out) <- (out, in), GroupNorm
   scale / bias <- weight / bias (or the (1, 1, 1, C) arrays of old Flax checkpoints), NIN `W` / `b`
-  and the Fourier `W` unchanged (the latter goes to the "constants" collection);
-- PyTorch module paths: the port keeps the network's top-level layers in one ModuleList
-  (`all_modules.<i>`) in creation order, which is the order in which our network creates its
-  top-level submodules (recorded while tracing it), so the i-th of our top-level modules that owns
-  variables is the i-th `all_modules` entry that owns tensors; inside it the port's attribute names
-  are the Flax auto-names (`GroupNorm_0`, `Conv_1`, `NIN_2`, ...). Every shape is checked;
+  and the Fourier `W` unchanged (the latter goes to the "constants" collection), InstanceNorm++
+  alpha / gamma / beta unchanged, level embeddings (levels, features) <- nn.Embedding weight;
+- PyTorch module paths, NCSN++ / DDPM++ / DDPM (`PTH_ORDERED_MODELS`): the port keeps the
+  network's top-level layers in one ModuleList (`all_modules.<i>`) in creation order, which is the
+  order in which our network creates its top-level submodules (recorded while tracing it), so the
+  i-th of our top-level modules that owns variables is the i-th `all_modules` entry that owns
+  tensors; inside it the port's attribute names are the Flax auto-names (`GroupNorm_0`, `Conv_1`,
+  `NIN_2`, ...);
+- PyTorch module paths, NCSNv2 / NCSN (`PTH_NAMED_MODELS`): the port names its layers as
+  attributes; each of our module names is rewritten by `TORCH_MODULE_RENAMES` (`res2_0` ->
+  `res2.0`, `adapt_1` -> `adapt_convs.1`, `conv_0_1` -> `1_2_conv`, `conv2` -> `conv2` or
+  `conv2.conv` inside a down-sampling block, ...) and, for the 256-pixel NCSNv2 whose extra stage
+  the port calls `res31` / `refine31`, by `TORCH_TOP_RENAMES` first;
+- Flax: the original's parameter names are the Flax auto-names our NCSN++ / DDPM++ / DDPM modules
+  reproduce, so a name maps to itself. The original JAX code's own NCSNv2 / NCSN are other networks
+  than the NCSN authors' (and the port's) implemented here (`FLAX_REFUSED_LAYOUTS` says how): their
+  checkpoints are refused with that reason;
 - buffers of the port (`sigmas`) are checked against the values this project derives from the config.
-Every reference tensor must be used and every leaf of ours filled: anything else is an
-`ImportError_` naming it (and both shapes for a shape mismatch).
+Every shape is checked. Every reference tensor must be used and every leaf of ours filled:
+anything else is a `CheckpointImportError` naming it (and both shapes for a shape mismatch).
+
+Tested against the reference networks (tests/test_checkpoint_import.py): the port's NCSN++ /
+DDPM++ option combinations, DDPM, NCSNv2 and NCSN (.pth, tools/make_import_fixtures.py) and the
+original JAX code's NCSN++ / DDPM++ option combinations and DDPM, as its training loop writes them
+(tools/make_flax_fixtures.py): same outputs (raw and EMA weights) and scores to 1e-5.
 
 Nothing is written until the whole checkpoint has been read and mapped; a failure while writing
 removes what was written, so an error never leaves a partial checkpoint in the work directory.

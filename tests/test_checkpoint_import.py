@@ -1,27 +1,34 @@
 """Import of released checkpoints (checkpoint_import.py) against the reference networks.
 
-- PyTorch: for each fixture of tests/fixtures/import (score_sde_pytorch networks with random
+- PyTorch: for each .pth fixture of tests/fixtures/import (score_sde_pytorch networks with random
   weights, written by tools/make_import_fixtures.py; the cases cover Fourier / positional
   embeddings, FIR / plain resampling, BigGAN / DDPM blocks, every progressive and progressive_input
   mode, sum / cat combine, conditional or not, scale_by_sigma with sigma or with level indices;
-  and a small DDPM U-Net),
+  a small DDPM U-Net; NCSNv2 and NCSN on discrete VE levels, whose input is the level index),
   `import_checkpoint` writes an orbax checkpoint; restored, our network gives the reference's
   outputs with the raw and with the EMA weights, and `get_score_fn` gives the reference's scores
-  for its SDE (VE / VP) and time (continuous / discrete); the step is kept.
-- Flax: the same weights written in the original's State layout (optimizer target with the Fourier
-  W among the params, GroupNorm scale / bias shaped (1, 1, 1, C), params_ema) import to the same
-  outputs. This proves the Flax reader and its layout changes; the names are ours, which equal the
-  original's auto-names by tests/test_ncsnpp.py's comparison with the original code.
+  for its SDE (VE / VP) and time (continuous / discrete); the step is kept. The port's 128- and
+  256-pixel NCSNv2 layouts (recorded from it) map one to one.
+- Flax, the original's own checkpoints (tools/make_flax_fixtures.py runs yang-song/score_sde's
+  networks and writes flax.serialization.to_bytes of its training State, stored gzip-compressed):
+  NCSN++ / DDPM++ option combinations (including the fused FIR up-sampling convolution the port
+  cannot run) and DDPM import, from the format detected in the bytes, to the original's outputs
+  with the optimizer target and with params_ema (which differ), its scores and its step. The
+  original's NCSNv2 / NCSN checkpoints are refused with the reason (other networks than ours).
+- Flax, converted layout (slow): the .pth weights written in the original's State layout (Fourier
+  W among the params, GroupNorm scale / bias shaped (1, 1, 1, C)) import to the same outputs; old
+  (1, 1, 1, C) GroupNorm arrays map to the same values as (C,).
 - The format is read from the content: a .pth without suffix and a Flax file named .pth import.
-- Bad input: truncated file, another config's checkpoint (error names the tensor and both shapes),
-  a pickle calling os.system (refused, named), an EMA list one short: clear error, and the work
-  directory holds no checkpoint afterwards.
+- Bad input: truncated file, another config's checkpoint (error names the tensor and both shapes,
+  for both formats and for the RefineNets), another architecture, an unused tensor, a pickle
+  calling os.system (refused, named), an EMA list of the wrong length, a params_ema missing a leaf:
+  clear error, and the work directory holds no checkpoint afterwards.
 - Slow: the full-size ve/cifar10_ncsnpp_continuous and vp/cifar10_ddpmpp_continuous layouts
   (random weights through the inverse mapping) map and run under jax.eval_shape.
 
-Tolerance: the fixture outputs are float32 from PyTorch; the same float32 network in XLA sums in
-another order, giving relative differences about 1e-6 (measured 2e-6 at most), so 1e-5 relative
-to the output's largest magnitude.
+Tolerance: the fixture outputs are float32 from PyTorch or XLA; the same float32 network in XLA
+sums in another order, giving relative differences about 1e-6 (measured 2e-6 at most), so 1e-5
+relative to the output's largest magnitude.
 """
 
 from __future__ import annotations
