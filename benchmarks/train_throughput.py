@@ -19,7 +19,14 @@ shared) and reported as medians, with ratios to the default n_jitted_steps=1. "d
 part of the wall time spent getting batches (iterator + stack + shard) in the loop; "step only"
 re-feeds one sharded batch, without the pipeline.
 
+With `--reference <local copy of score_sde_pytorch> --reference_python <python of a venv with
+torch>`, each round also runs the published PyTorch implementation's full train step on the same
+config (benchmarks/reference_train_step.py, in a subprocess, 2 threads, random batches: the
+pipeline excluded) and the table gives each variant's ratio to it, "step only" against the
+reference's step and "images/s" (pipeline included) too.
+
   python benchmarks/train_throughput.py [--steps 10] [--rounds 3] [--batch 16] [--n_jitted 1 5]
+      [--ynn default ynn_reduce ynn_off] [--reference DIR --reference_python PYTHON]
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -100,7 +108,12 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per variant")
   parser.add_argument("--images", type=int, default=1024, help="synthetic PNG files")
   parser.add_argument("--n_jitted", type=int, nargs="+", default=[1, 5], help="steps per call")
+  parser.add_argument("--ynn", nargs="+", default=list(YNN), choices=list(YNN))
+  parser.add_argument("--reference", help="local copy of score_sde_pytorch, to run side by side")
+  parser.add_argument("--reference_python", help="python of a venv with torch (for --reference)")
   args = parser.parse_args()
+  if bool(args.reference) != bool(args.reference_python):
+    parser.error("--reference and --reference_python go together")
 
   device = jax.devices()[0]
   print(
@@ -114,6 +127,7 @@ def main() -> None:
       Variant(f"n_jitted={n} {name}", reduced_config(data_dir, args.batch, n, ynn))
       for n in args.n_jitted
       for name, ynn in YNN.items()
+      if name in args.ynn
     ]
     for variant in variants:
       if args.steps % variant.n:
@@ -147,7 +161,10 @@ def main() -> None:
     loop_s = {v.name: [] for v in variants}
     data_share = {v.name: [] for v in variants}
     step_s = {v.name: [] for v in variants}
+    reference = []
     for _ in range(args.rounds):
+      if args.reference:
+        reference.append(run_reference(args))
       for variant in variants:
         calls = args.steps // variant.n
         start, data = time.perf_counter(), 0.0
@@ -176,7 +193,29 @@ def main() -> None:
       f"{args.batch / float(np.median(step_s[variant.name])):>11.1f}"
       f"{ynn_fusions[variant.name]:>13}"
     )
+  if reference:
+    ref = float(np.median(reference))
+    print(
+      f"\npublished PyTorch implementation (score_sde_pytorch), full step without pipeline: "
+      f"{ref:.1f} images/s (rounds: {', '.join(f'{r:.1f}' for r in reference)})\n"
+      f"{'variant':<24}{'step only / ref':>16}{'images/s / ref':>16}"
+    )
+    for variant in variants:
+      step_rate = args.batch / float(np.median(step_s[variant.name]))
+      loop_rate = args.batch / float(np.median(loop_s[variant.name]))
+      print(f"{variant.name:<24}{step_rate / ref:>16.2f}{loop_rate / ref:>16.2f}")
   print(f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+
+
+def run_reference(args) -> float:
+  """images/s of score_sde_pytorch's own train step (benchmarks/reference_train_step.py)."""
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_train_step.py")
+  command = [args.reference_python, script, "--reference", args.reference]
+  command += ["--batch", str(args.batch), "--steps", str(args.steps)]
+  result = subprocess.run(command, capture_output=True, text=True)
+  if result.returncode:
+    raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+  return float(re.search(r"^images/s (\S+)$", result.stdout, re.M).group(1))
 
 
 if __name__ == "__main__":
