@@ -167,6 +167,8 @@ class Experiment:
 
   def __init__(self, config: Any, workdir: str | None = None):
     self.config = config
+    # The data first: a wrong image size is the data's error before it is the network's.
+    self.data_shape = datasets.get_source(config).shape
     self.sde = sde_lib.get_sde(config.sde)
     self.continuous = bool(config.training.continuous)
     self.model = mutils.get_model(config)
@@ -174,7 +176,6 @@ class Experiment:
     # without them the network derives its own (those of a run trained here).
     constants = checkpoint_import.load_constants(workdir) if workdir else None
     self.score_fn = mutils.get_score_fn(self.sde, self.model, self.continuous, constants)
-    self.data_shape = datasets.get_source(config).shape
     self.inverse_scaler = datasets.get_data_inverse_scaler(config)
     self.is_image = len(self.data_shape) == 3
 
