@@ -30,7 +30,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -218,6 +218,88 @@ def _perturb(sde, key: jax.Array, x0: jax.Array, t: jax.Array):
   return mean + batch_mul(std, z), z, std
 
 
+class _Noised(NamedTuple):
+  """A batch perturbed at its noise levels: x = mean(x0) + std z."""
+
+  x: jax.Array  # [B, ...]
+  z: jax.Array  # [B, ...], the N(0, I) noise
+  std: jax.Array  # [B]
+  t: jax.Array  # [B], the time the network is conditioned on
+  # [B], lambda(t) / std(t)^2 times the importance weight (see _time_and_weight); 1 when discrete.
+  weight: jax.Array
+
+
+def _objective(
+  draw: Callable[..., tuple[_Noised, dict]],
+  per_example: Callable[..., jax.Array],
+  *,
+  train: bool,
+  reduce_mean: bool,
+  objective_key: bool = False,
+) -> LossFn:
+  """The frame of every objective: draw noise levels and x, evaluate per example, reduce, average.
+
+  `draw(key_level, key_z, x0) -> (noised, extra aux [B])`; `per_example(params, noised, key,
+  score_kwargs) -> [B]`, the weighted objective in half-sum form. `rng` gives the keys of the
+  levels, of z, of the objective's own draws (if `objective_key`) and of the score's dropout.
+  """
+
+  def loss_fn(params, batch, rng):
+    x0 = batch["image"]
+    keys = jax.random.split(rng, 4 if objective_key else 3)
+    noised, aux = draw(keys[0], keys[1], x0)
+    key_objective = keys[2] if objective_key else None
+    half_sum = per_example(params, noised, key_objective, _score_kwargs(train, keys[-1]))
+    losses = _reduce(half_sum, _event_dim(x0), reduce_mean)
+    return jnp.mean(losses), {"loss": losses, "t": noised.t, **aux}
+
+  return loss_fn
+
+
+def _perturbed_objective(
+  sde,
+  per_example: Callable[..., jax.Array],
+  *,
+  objective_key: bool = False,
+  train: bool,
+  reduce_mean: bool,
+  eps: float,
+  likelihood_weighting: bool,
+  importance_sampling: bool,
+  t_fixed: float | None,
+) -> LossFn:
+  """`_objective` at continuous times: t and its weight from `_time_and_weight`, x_t from the SDE's
+  Gaussian kernel (`_perturb`). Shared by DSM, SSM, ISM and ESM, so they see the same t and x_t."""
+  draw_t = _time_and_weight(
+    sde,
+    eps=eps,
+    likelihood_weighting=likelihood_weighting,
+    importance_sampling=importance_sampling,
+    t_fixed=t_fixed,
+  )
+
+  def draw(key_t, key_z, x0):
+    t, weight = draw_t(key_t, x0.shape[0], x0.dtype)
+    x, z, std = _perturb(sde, key_z, x0, t)
+    return _Noised(x, z, std, t, weight), {}
+
+  return _objective(
+    draw, per_example, train=train, reduce_mean=reduce_mean, objective_key=objective_key
+  )
+
+
+def _denoising_error(score_fn: ScoreFn) -> Callable[..., jax.Array]:
+  """DSM's per-example objective, weight ||std s(x, t) + z||^2 / 2 (summed over dimensions)."""
+
+  def per_example(params, noised, key, score_kwargs):
+    del key
+    score = score_fn(params, noised.x, noised.t, **score_kwargs)
+    error = batch_mul(noised.std, score) + noised.z
+    return 0.5 * noised.weight * sum_except_batch(jnp.square(error))
+
+  return per_example
+
+
 # --- Denoising score matching -------------------------------------------------------------------
 
 
@@ -253,25 +335,16 @@ def dsm_loss(
   Returns:
     `loss_fn(params, batch, rng) -> (loss, {"loss": [B], "t": [B]})`.
   """
-  draw = _time_and_weight(
+  return _perturbed_objective(
     sde,
+    _denoising_error(score_fn),
+    train=train,
+    reduce_mean=reduce_mean,
     eps=eps,
     likelihood_weighting=likelihood_weighting,
     importance_sampling=importance_sampling,
     t_fixed=t_fixed,
   )
-
-  def loss_fn(params, batch, rng):
-    x0 = batch["image"]
-    key_t, key_z, key_score = jax.random.split(rng, 3)
-    t, weight = draw(key_t, x0.shape[0], x0.dtype)
-    x, z, std = _perturb(sde, key_z, x0, t)
-    score = score_fn(params, x, t, **_score_kwargs(train, key_score))
-    half_sum = 0.5 * weight * sum_except_batch(jnp.square(batch_mul(std, score) + z))
-    losses = _reduce(half_sum, _event_dim(x0), reduce_mean)
-    return jnp.mean(losses), {"loss": losses, "t": t}
-
-  return loss_fn
 
 
 @register_objective("dsm_single")
@@ -353,19 +426,15 @@ def smld_loss(sde, score_fn: ScoreFn, *, train: bool, reduce_mean: bool = False)
   sigmas = jnp.asarray(sde.discrete_sigmas)
   N, T = sigmas.shape[0], float(sde.T)
 
-  def loss_fn(params, batch, rng):
-    x0 = batch["image"]
-    key_i, key_z, key_score = jax.random.split(rng, 3)
+  def draw(key_i, key_z, x0):
     i = jax.random.randint(key_i, (x0.shape[0],), 0, N)
     sigma = sigmas[i].astype(x0.dtype)
     t = _level_time(i, N, T, x0.dtype)
     z = jax.random.normal(key_z, x0.shape, x0.dtype)
-    score = score_fn(params, x0 + batch_mul(sigma, z), t, **_score_kwargs(train, key_score))
-    half_sum = 0.5 * sum_except_batch(jnp.square(batch_mul(sigma, score) + z))
-    losses = _reduce(half_sum, _event_dim(x0), reduce_mean)
-    return jnp.mean(losses), {"loss": losses, "t": t, "sigma": sigma}
+    noised = _Noised(x0 + batch_mul(sigma, z), z, sigma, t, jnp.ones_like(sigma))
+    return noised, {"sigma": sigma}
 
-  return loss_fn
+  return _objective(draw, _denoising_error(score_fn), train=train, reduce_mean=reduce_mean)
 
 
 @register_objective("ddpm")
@@ -395,20 +464,15 @@ def ddpm_loss(sde, score_fn: ScoreFn, *, train: bool, reduce_mean: bool = True) 
   noise = jnp.asarray(sde.sqrt_1m_alphas_cumprod)
   N, T = signal.shape[0], float(sde.T)
 
-  def loss_fn(params, batch, rng):
-    x0 = batch["image"]
-    key_i, key_z, key_score = jax.random.split(rng, 3)
+  def draw(key_i, key_z, x0):
     i = jax.random.randint(key_i, (x0.shape[0],), 0, N)
     t = jnp.asarray(_step_times(N, T, x0.dtype))[i]
     std = noise[i].astype(x0.dtype)
     z = jax.random.normal(key_z, x0.shape, x0.dtype)
     x = batch_mul(signal[i].astype(x0.dtype), x0) + batch_mul(std, z)
-    score = score_fn(params, x, t, **_score_kwargs(train, key_score))
-    half_sum = 0.5 * sum_except_batch(jnp.square(batch_mul(std, score) + z))
-    losses = _reduce(half_sum, _event_dim(x0), reduce_mean)
-    return jnp.mean(losses), {"loss": losses, "t": t, "step": i}
+    return _Noised(x, z, std, t, jnp.ones_like(std)), {"step": i}
 
-  return loss_fn
+  return _objective(draw, _denoising_error(score_fn), train=train, reduce_mean=reduce_mean)
 
 
 # --- Score matching without the conditional score: SSM, ISM, ESM ---------------------------------
@@ -424,43 +488,6 @@ def rademacher_projection(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.
 def gaussian_projection(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
   """Standard normal entries: E[v v^T] = I."""
   return jax.random.normal(key, shape, dtype)
-
-
-def _perturbed_objective(
-  sde,
-  score_fn: ScoreFn,
-  per_example: Callable[..., jax.Array],
-  *,
-  train: bool,
-  reduce_mean: bool,
-  eps: float,
-  likelihood_weighting: bool,
-  importance_sampling: bool,
-  t_fixed: float | None,
-) -> LossFn:
-  """Common frame of SSM / ISM / ESM: same t, x_t and weighting lambda(t) as `dsm_loss`.
-
-  `per_example(params, x, t, key, score_kwargs) -> [B]` returns the objective's half-sum form with
-  lambda = 1 (e.g. ||s||^2 / 2 + tr ds/dx); it is multiplied here by lambda(t).
-  """
-  draw = _time_and_weight(
-    sde,
-    eps=eps,
-    likelihood_weighting=likelihood_weighting,
-    importance_sampling=importance_sampling,
-    t_fixed=t_fixed,
-  )
-
-  def loss_fn(params, batch, rng):
-    x0 = batch["image"]
-    key_t, key_z, key_obj, key_score = jax.random.split(rng, 4)
-    t, weight = draw(key_t, x0.shape[0], x0.dtype)
-    x, _, std = _perturb(sde, key_z, x0, t)
-    half_sum = weight * std**2 * per_example(params, x, t, key_obj, _score_kwargs(train, key_score))
-    losses = _reduce(half_sum, _event_dim(x0), reduce_mean)
-    return jnp.mean(losses), {"loss": losses, "t": t}
-
-  return loss_fn
 
 
 @register_objective("ssm")
@@ -498,20 +525,23 @@ def ssm_loss(
     raise ValueError(f"config.training.n_projections = {n_projections} must be at least 1.")
   draw_v = PROJECTIONS.get(projection) if isinstance(projection, str) else projection
 
-  def per_example(params, x, t, key, score_kwargs):
+  def per_example(params, noised, key, score_kwargs):
+    x, t = noised.x, noised.t
     f = lambda y: score_fn(params, y, t, **score_kwargs)
     v = draw_v(key, (int(n_projections),) + x.shape, x.dtype)
     score, jvp = jax.linearize(f, x)
     vjv = jnp.mean(jax.vmap(sum_except_batch)(v * jax.vmap(jvp)(v)), axis=0)  # [B]
     if variance_reduction:
-      return vjv + 0.5 * sum_except_batch(jnp.square(score))
-    vs = jax.vmap(sum_except_batch)(v * score)
-    return vjv + 0.5 * jnp.mean(jnp.square(vs), axis=0)
+      half_sum = vjv + 0.5 * sum_except_batch(jnp.square(score))
+    else:
+      vs = jax.vmap(sum_except_batch)(v * score)
+      half_sum = vjv + 0.5 * jnp.mean(jnp.square(vs), axis=0)
+    return noised.weight * noised.std**2 * half_sum
 
   return _perturbed_objective(
     sde,
-    score_fn,
     per_example,
+    objective_key=True,
     train=train,
     reduce_mean=reduce_mean,
     eps=eps,
@@ -574,8 +604,9 @@ def ism_loss(
     Others as in `dsm_loss`.
   """
 
-  def per_example(params, x, t, key, score_kwargs):
+  def per_example(params, noised, key, score_kwargs):
     del key
+    x, t = noised.x, noised.t
     dim = _event_dim(x)
     if dim > max_dim:
       raise ValueError(
@@ -589,12 +620,14 @@ def ism_loss(
     # One jvp per basis vector e_k, applied to every example at once (examples do not interact).
     score, jvp = jax.linearize(f, x)
     trace = jnp.sum(jax.vmap(sum_except_batch)(tangents * jax.vmap(jvp)(tangents)), axis=0)
-    return 0.5 * sum_except_batch(jnp.square(score)) + trace
+    half_sum = 0.5 * sum_except_batch(jnp.square(score)) + trace
+    return noised.weight * noised.std**2 * half_sum
 
+  # An unused objective key: given one rng, ISM and SSM also share the score's dropout key.
   return _perturbed_objective(
     sde,
-    score_fn,
     per_example,
+    objective_key=True,
     train=train,
     reduce_mean=reduce_mean,
     eps=eps,
@@ -629,16 +662,18 @@ def esm_loss(
       "(e.g. closed_form.gaussian_score_fn) to get_loss_fn."
     )
 
-  def per_example(params, x, t, key, score_kwargs):
+  def per_example(params, noised, key, score_kwargs):
     del key
-    score = score_fn(params, x, t, **score_kwargs)
-    target = jax.lax.stop_gradient(true_score_fn(params, x, t))
-    return 0.5 * sum_except_batch(jnp.square(score - target))
+    score = score_fn(params, noised.x, noised.t, **score_kwargs)
+    target = jax.lax.stop_gradient(true_score_fn(params, noised.x, noised.t))
+    half_sum = 0.5 * sum_except_batch(jnp.square(score - target))
+    return noised.weight * noised.std**2 * half_sum
 
+  # An unused objective key, as in ISM.
   return _perturbed_objective(
     sde,
-    score_fn,
     per_example,
+    objective_key=True,
     train=train,
     reduce_mean=reduce_mean,
     eps=eps,
