@@ -23,7 +23,10 @@ With `--reference <local copy of score_sde_pytorch> --reference_python <python o
 torch>`, each round also runs the published PyTorch implementation's full train step on the same
 config (benchmarks/reference_train_step.py, in a subprocess, 2 threads, random batches: the
 pipeline excluded) and the table gives each variant's ratio to it, "step only" against the
-reference's step and "images/s" (pipeline included) too.
+reference's step and "images/s" (pipeline included) too. Run it on an idle machine: when another
+process competes for the two cores, PyTorch's OpenMP threads wait on each other and the reference
+drops from about 90 images/s to 2-3 (this script's own share while the reference runs is printed
+to stderr, and is nil).
 
   python benchmarks/train_throughput.py [--steps 10] [--rounds 3] [--batch 16] [--n_jitted 1 5]
       [--ynn default ynn_reduce ynn_off] [--reference DIR --reference_python PYTHON]
@@ -212,7 +215,11 @@ def run_reference(args) -> float:
   script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_train_step.py")
   command = [args.reference_python, script, "--reference", args.reference]
   command += ["--batch", str(args.batch), "--steps", str(args.steps)]
+  before = os.times()
   result = subprocess.run(command, capture_output=True, text=True)
+  after = os.times()
+  used = after.user - before.user + after.system - before.system
+  print(f"CPU used here while the reference ran: {used:.1f} s", file=sys.stderr)
   if result.returncode:
     raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
   return float(re.search(r"^images/s (\S+)$", result.stdout, re.M).group(1))

@@ -235,6 +235,8 @@ def test_train_step_has_no_rolled_loop(n_jitted):
   with unroll=True is a while loop of one trip)."""
   config = toy_config(training__n_jitted_steps=n_jitted)
   config.training.update(snapshot_freq=4, snapshot_freq_for_preemption=4, log_freq=4, eval_freq=4)
+  # make_jaxpr traces the step inside a jit, and compiler options are for top-level jits only.
+  config.training.xla_cpu_ynn_fusion_type = None
   training = run_lib.build_training(config)
   state = training.experiment.abstract_state(training.optimizer)
   batches = {"image": jax.ShapeDtypeStruct((n_jitted, 64, 2), np.float32)}
@@ -245,6 +247,32 @@ def test_train_step_has_no_rolled_loop(n_jitted):
     if eqn.primitive.name == "scan":
       assert eqn.params["unroll"] in (0, eqn.params["length"]) and eqn.params["unroll"] != 1
   assert names.count("dot_general") >= 3 * n_jitted  # every step is there (forward + backward)
+
+
+def test_train_step_compiler_options():
+  """On CPU the train step is compiled with YNN fusion of reductions unless the config says
+  otherwise (None: XLA's own default; "": off), and the compiled program shows it: YNN fusions
+  of reductions only, none of convolutions."""
+  config = toy_config()
+  assert run_lib.train_compiler_options(config) == {
+    run_lib.YNN_FUSION: run_lib.TRAIN_YNN_FUSION_TYPE
+  }
+  config.training.xla_cpu_ynn_fusion_type = None
+  assert run_lib.train_compiler_options(config) is None
+  config.training.xla_cpu_ynn_fusion_type = ""
+  assert run_lib.train_compiler_options(config) == {run_lib.YNN_FUSION: ""}
+
+  programs = {}
+  for value in (run_lib.TRAIN_YNN_FUSION_TYPE, ""):
+    config = toy_config()
+    config.training.xla_cpu_ynn_fusion_type = value
+    training = run_lib.build_training(config)
+    state = training.init_state(jax.random.key(0))
+    batches = {"image": np.zeros((1, 64, 2), np.float32)}
+    lowered = training.train_step.lower(state, batches, jax.random.key(1))
+    programs[value] = lowered.compile().as_text()
+  assert "__ynn_fusion" in programs[run_lib.TRAIN_YNN_FUSION_TYPE]
+  assert "__ynn_fusion" not in programs[""]
 
 
 SHIPPED_CONFIGS = sorted(
