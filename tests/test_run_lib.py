@@ -373,6 +373,7 @@ def test_digits_default_runs_from_the_readme_command(tmp_path):
     "--workdir",
     workdir,
     "--config.training.n_iters=2",
+    "--config.training.n_jitted_steps=1",
     "--config.training.snapshot_freq=2",
     "--config.training.snapshot_freq_for_preemption=2",
     "--config.training.log_freq=1",
