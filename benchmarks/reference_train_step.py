@@ -10,7 +10,8 @@ a separate virtual environment, never in this project's:
   git clone https://github.com/yang-song/score_sde_pytorch /tmp/score_sde_pytorch
   /tmp/torch-venv/bin/python benchmarks/reference_train_step.py --reference /tmp/score_sde_pytorch
 
-Prints one line, `images/s <value>`, after `--warmup` untimed steps. The reference's op/ package
+Prints one line, `images/s <value>`, after `--warmup` untimed steps (with `--profile`,
+torch.profiler's table of one step instead). The reference's op/ package
 compiles CUDA extensions when imported; `torch.utils.cpp_extension.load` is replaced by a no-op
 during that import, and the package then falls back to its pure-PyTorch upfirdn2d on CPU.
 """
@@ -30,6 +31,9 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=3)
   parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument(
+    "--profile", action="store_true", help="print torch.profiler's table of one step instead"
+  )
   args = parser.parse_args()
 
   import torch
@@ -82,6 +86,13 @@ def main() -> None:
   ]
   for batch in batches[: args.warmup]:
     float(step_fn(state, batch))
+  if args.profile:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+      float(step_fn(state, batches[-1]))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    return
   start = time.perf_counter()
   for batch in batches[args.warmup :]:
     float(step_fn(state, batch))  # the loss is read back each step, as run_lib does
