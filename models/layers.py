@@ -102,8 +102,8 @@ class GroupNorm(nn.Module):
   with per-(example, channel) coefficients. The variance is E[x^2] - mean^2, as flax's default
   (`use_fast_variance`). Flax's version reduces over a 5-D view of non-adjacent axes, which
   XLA's CPU backend runs several times slower; the two agree to float32 round-off
-  (tests/test_layers.py) and for the reduced DDPM++ train step this one is faster
-  (benchmarks/model_throughput.py).
+  (tests/test_layers.py). On the reduced DDPM++ shapes this one ran 1.2-4.7x faster forward and
+  1.4-1.8x forward + backward on 2 idle cores (benchmarks/group_norm.py).
   """
 
   num_groups: int
