@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models import layers
+
 _EPS = 1e-5  # as torch.nn.InstanceNorm2d and the NCSN code
 
 
@@ -108,7 +110,7 @@ class GroupNorm(nn.Module):
   def __call__(self, x: jax.Array, y: jax.Array | None = None) -> jax.Array:
     del y
     groups = max(min(x.shape[-1] // 4, 32), 1)
-    return nn.GroupNorm(num_groups=groups, epsilon=_EPS, name="group_norm")(x)
+    return layers.GroupNorm(num_groups=groups, epsilon=_EPS, name="group_norm")(x)
 
 
 class _ConditionalNorm(nn.Module):
