@@ -12,7 +12,6 @@ restarted pair resumes from the shared checkpoint.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 import checkpoints
 import run_lib
 from configs.toy import checkerboard
+from tests.test_resume import final_fingerprint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
@@ -47,23 +47,26 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_two_hosts(workdir: str, n_iters: int) -> list[str]:
-  """Runs main.py as processes 0 and 1 of a 2-process job; returns their logs (stderr)."""
+def host_commands(workdir: str, **changes) -> tuple[list[list[str]], dict[str, str]]:
+  """The main.py command lines of processes 0 and 1 of a 2-process job on localhost (2 CPU
+  devices each), and their environment; `changes` ("section.field": value) go on top of
+  OVERRIDES."""
   address = f"127.0.0.1:{_free_port()}"
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   args = ["--config", "configs/toy/checkerboard.py", "--workdir", workdir, "--multihost"]
   args += [f"--coordinator_address={address}", "--num_processes=2"]
-  args += [f"--config.{k}={v}" for k, v in {**OVERRIDES, "training.n_iters": n_iters}.items()]
+  args += [f"--config.{k}={v}" for k, v in {**OVERRIDES, **changes}.items()]
+  return [[sys.executable, "main.py", *args, f"--process_id={i}"] for i in range(2)], env
+
+
+def run_two_hosts(workdir: str, n_iters: int) -> list[str]:
+  """Runs main.py as processes 0 and 1 of a 2-process job; returns their logs (stderr)."""
+  commands, env = host_commands(workdir, **{"training.n_iters": n_iters})
   processes = [
     subprocess.Popen(
-      [sys.executable, "main.py", *args, f"--process_id={i}"],
-      cwd=ROOT,
-      env=env,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
+      command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    for i in range(2)
+    for command in commands
   ]
   logs = []
   try:
@@ -76,12 +79,6 @@ def run_two_hosts(workdir: str, n_iters: int) -> list[str]:
   for i, (process, log) in enumerate(zip(processes, logs, strict=True)):
     assert process.returncode == 0, f"process {i}:\n{log[-4000:]}"
   return logs
-
-
-def final_fingerprint(log: str, step: int) -> str:
-  match = re.search(rf"Finished at step {step}; state fingerprint ([0-9a-f]+)", log)
-  assert match, log[-3000:]
-  return match.group(1)
 
 
 @pytest.mark.slow

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -22,7 +21,14 @@ import pytest
 import checkpoints
 import run_lib
 from tests import test_multihost
-from tests.test_resume import OVERRIDES, assert_states_identical, make_config, restore_latest
+from tests.test_resume import (
+  assert_states_identical,
+  final_fingerprint,
+  main_args,
+  make_config,
+  restore_latest,
+  wait_until,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +57,23 @@ def test_first_sigterm_requests_a_stop_and_restores_the_default_action():
   assert signal.getsignal(signal.SIGTERM) == before
 
 
+def sigterm_during_call(monkeypatch, k: int) -> list[int]:
+  """Makes `run_lib.stacked_batches` send this process SIGTERM during its k-th call (while the
+  batches of step k are read); returns the list of its calls' `n`, appended as they happen."""
+  calls = []
+  stacked_batches = run_lib.stacked_batches
+
+  def stacked_batches_with_sigterm(iterator, n):
+    calls.append(n)
+    if len(calls) == k:
+      os.kill(os.getpid(), signal.SIGTERM)
+      wait_for_signal_delivery()
+    return stacked_batches(iterator, n)
+
+  monkeypatch.setattr(run_lib, "stacked_batches", stacked_batches_with_sigterm)
+  return calls
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """The uninterrupted 40-step toy run: (workdir, final state)."""
@@ -67,17 +90,7 @@ def test_sigterm_mid_run_checkpoints_that_step_and_the_restart_is_bit_exact(
   reference state at 40."""
   _, expected = reference
   workdir = str(tmp_path / "run")
-  calls = []
-  stacked_batches = run_lib.stacked_batches
-
-  def stacked_batches_with_sigterm(iterator, n):
-    calls.append(n)
-    if len(calls) == 13:
-      os.kill(os.getpid(), signal.SIGTERM)
-      wait_for_signal_delivery()
-    return stacked_batches(iterator, n)
-
-  monkeypatch.setattr(run_lib, "stacked_batches", stacked_batches_with_sigterm)
+  calls = sigterm_during_call(monkeypatch, 13)
   handler = signal.getsignal(signal.SIGTERM)
   with pytest.raises(run_lib.TrainingPreempted) as stopped:
     run_lib.train(make_config(), workdir)
@@ -96,35 +109,13 @@ def test_sigterm_mid_run_checkpoints_that_step_and_the_restart_is_bit_exact(
 
 def test_sigterm_at_a_checkpoint_step_saves_it_once(tmp_path, monkeypatch):
   """At step 10 the periodic pre-emption checkpoint is already being written: it is the one."""
-  calls = []
-  stacked_batches = run_lib.stacked_batches
-
-  def stacked_batches_with_sigterm(iterator, n):
-    calls.append(n)
-    if len(calls) == 10:
-      os.kill(os.getpid(), signal.SIGTERM)
-      wait_for_signal_delivery()
-    return stacked_batches(iterator, n)
-
-  monkeypatch.setattr(run_lib, "stacked_batches", stacked_batches_with_sigterm)
+  sigterm_during_call(monkeypatch, 10)
   workdir = str(tmp_path / "run")
   with pytest.raises(run_lib.TrainingPreempted) as stopped:
     run_lib.train(make_config(), workdir)
   assert stopped.value.step == 10
   with checkpoints.CheckpointManager.from_config(workdir, make_config()) as manager:
     assert manager.steps() == [10]
-
-
-def main_args(workdir: str, **changes) -> list[str]:
-  args = [
-    sys.executable,
-    "main.py",
-    "--config",
-    "configs/toy/checkerboard.py",
-    "--workdir",
-    workdir,
-  ]
-  return args + [f"--config.{k}={v}" for k, v in {**OVERRIDES, **changes}.items()]
 
 
 @pytest.mark.slow
@@ -143,11 +134,7 @@ def test_sigterm_to_main_exits_143_after_its_checkpoint_and_a_restart_resumes(tm
       stdout=log,
       stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 300
-    while "First train call" not in log_path.read_text():
-      assert process.poll() is None, log_path.read_text()[-3000:]
-      assert time.monotonic() < deadline
-      time.sleep(0.05)
+    wait_until(lambda: "First train call" in log_path.read_text(), [process], log_path)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143, log_path.read_text()[-3000:]
   text = log_path.read_text()
@@ -170,8 +157,7 @@ def test_sigterm_to_main_exits_143_after_its_checkpoint_and_a_restart_resumes(tm
   assert f"Resumed from the checkpoint of step {stopped}." in result.stderr
   config = make_config(training__n_iters=total)
   expected = run_lib.train(config, str(tmp_path / "uninterrupted"))
-  match = re.search(rf"Finished at step {total}; state fingerprint ([0-9a-f]+)", result.stderr)
-  assert match and match.group(1) == run_lib.state_fingerprint(expected), result.stderr[-3000:]
+  assert final_fingerprint(result.stderr, total) == run_lib.state_fingerprint(expected)
   restored, step = restore_latest(workdir, config)
   assert step == total
   assert_states_identical(restored, expected)
@@ -183,36 +169,21 @@ def test_sigterm_to_one_of_two_hosts_stops_both_at_the_same_step(tmp_path):
   JAX's pre-emption service tells process 0, both stop after the same step, write its checkpoint
   together and exit 143; restarted, both resume from it and stay identical."""
   workdir = str(tmp_path / "run")
-  address = f"127.0.0.1:{test_multihost._free_port()}"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  args = ["--config", "configs/toy/checkerboard.py", "--workdir", workdir, "--multihost"]
-  args += [f"--coordinator_address={address}", "--num_processes=2"]
-  changes = {
-    **test_multihost.OVERRIDES,
+  far = {
     "training.n_iters": 1_000_000,
     "training.snapshot_freq": 100_000,
     "training.snapshot_freq_for_preemption": 100_000,
     "training.eval_freq": 100_000,
   }
-  args += [f"--config.{k}={v}" for k, v in changes.items()]
+  commands, env = test_multihost.host_commands(workdir, **far)
   log_paths = [tmp_path / f"host{i}.log" for i in range(2)]
   logs = [open(path, "w") for path in log_paths]  # closed below
   processes = [
-    subprocess.Popen(
-      [sys.executable, "main.py", *args, f"--process_id={i}"],
-      cwd=ROOT,
-      env=env,
-      stdout=subprocess.DEVNULL,
-      stderr=logs[i],
-    )
-    for i in range(2)
+    subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    for command, log in zip(commands, logs, strict=True)
   ]
   try:
-    deadline = time.monotonic() + 300
-    while "First train call" not in log_paths[1].read_text():
-      assert all(p.poll() is None for p in processes), log_paths[1].read_text()[-3000:]
-      assert time.monotonic() < deadline
-      time.sleep(0.05)
+    wait_until(lambda: "First train call" in log_paths[1].read_text(), processes, log_paths[1])
     processes[1].send_signal(signal.SIGTERM)
     codes = [p.wait(timeout=120) for p in processes]
   finally:
@@ -230,5 +201,5 @@ def test_sigterm_to_one_of_two_hosts_stops_both_at_the_same_step(tmp_path):
   resumed = test_multihost.run_two_hosts(workdir, n_iters=steps[0] + 10)
   for log in resumed:
     assert f"Resumed from the checkpoint of step {steps[0]}." in log
-  fingerprints = [test_multihost.final_fingerprint(log, steps[0] + 10) for log in resumed]
+  fingerprints = [final_fingerprint(log, steps[0] + 10) for log in resumed]
   assert fingerprints[0] == fingerprints[1]

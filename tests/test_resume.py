@@ -54,6 +54,31 @@ def make_config(**changes):
   return config
 
 
+def main_args(workdir: str, **changes) -> list[str]:
+  """The main.py command line training the toy run of `make_config` in `workdir`; `changes`
+  ("section.field": value) go on top of OVERRIDES."""
+  args = [sys.executable, "main.py", "--config", "configs/toy/checkerboard.py"]
+  args += ["--workdir", workdir]
+  return args + [f"--config.{k}={v}" for k, v in {**OVERRIDES, **changes}.items()]
+
+
+def wait_until(ready, processes, log_path, timeout: float = 300.0) -> None:
+  """Polls `ready()` until it holds; fails (with the log's tail) if a process ends first, or after
+  `timeout` seconds."""
+  deadline = time.monotonic() + timeout
+  while not ready():
+    assert all(p.poll() is None for p in processes), log_path.read_text()[-3000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+
+
+def final_fingerprint(log: str, step: int) -> str:
+  """The state fingerprint a main.py run logs when it finishes at `step`."""
+  match = re.search(rf"Finished at step {step}; state fingerprint ([0-9a-f]+)", log)
+  assert match, log[-3000:]
+  return match.group(1)
+
+
 def host_leaves(state) -> dict[str, np.ndarray]:
   return {
     jax.tree_util.keystr(path): np.asarray(jax.device_get(leaf))
@@ -215,25 +240,17 @@ def test_kill_minus_9_then_restart_is_bit_exact(tmp_path):
   expected = run_lib.train(config, str(tmp_path / "uninterrupted"))
 
   workdir = str(tmp_path / "killed")
-  args = [
-    sys.executable,
-    "main.py",
-    "--config",
-    "configs/toy/checkerboard.py",
-    "--workdir",
-    workdir,
-  ]
-  args += [f"--config.{k}={v}" for k, v in {**OVERRIDES, **changes}.items()]
+  args = main_args(workdir, **changes)
   log_path = tmp_path / "first.log"
   with open(log_path, "w") as log:
     process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     directory = os.path.join(workdir, "checkpoints")
-    deadline = time.monotonic() + 300
     # Orbax renames a checkpoint's temporary directory to its step number once it is complete.
-    while not (os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory))):
-      assert process.poll() is None, log_path.read_text()[-3000:]
-      assert time.monotonic() < deadline
-      time.sleep(0.05)
+    wait_until(
+      lambda: os.path.isdir(directory) and any(n.isdigit() for n in os.listdir(directory)),
+      [process],
+      log_path,
+    )
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL
   saved = sorted(int(n) for n in os.listdir(directory) if n.isdigit())
@@ -243,8 +260,7 @@ def test_kill_minus_9_then_restart_is_bit_exact(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   match = re.search(r"Resumed from the checkpoint of step (\d+)\.", result.stderr)
   assert match and int(match.group(1)) in saved, result.stderr[-3000:]
-  match = re.search(r"Finished at step 200; state fingerprint ([0-9a-f]+)", result.stderr)
-  assert match and match.group(1) == run_lib.state_fingerprint(expected)
+  assert final_fingerprint(result.stderr, 200) == run_lib.state_fingerprint(expected)
   restored, step = restore_latest(workdir, config)
   assert step == 200
   assert_states_identical(restored, expected)
