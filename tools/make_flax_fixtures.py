@@ -40,7 +40,9 @@ import os
 import sys
 import types
 
+import fixture_cases  # tools/, the directory of this script
 import numpy as np
+from fixture_cases import NCSNPP, REFINENET, VE, VE_SMALL, VP
 
 OUT_DIR = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "import"
@@ -50,43 +52,9 @@ BATCH = 3
 CHANNELS = 3
 QUANTUM = 1.0 / 128  # random weights are multiples of this: the fixture compresses well
 
-# Small NCSN++ / DDPM++ shared by the NCSN++ cases (each case overrides some of these).
-_BASE_MODEL = dict(
-  name="ncsnpp",
-  nf=8,
-  ch_mult=(1, 2),
-  num_res_blocks=1,
-  attn_resolutions=(4,),
-  dropout=0.1,
-  resamp_with_conv=True,
-  conditional=True,
-  fir=True,
-  fir_kernel=(1, 3, 3, 1),
-  skip_rescale=True,
-  resblock_type="biggan",
-  progressive="none",
-  progressive_input="residual",
-  progressive_combine="sum",
-  attention_type="ddpm",
-  embedding_type="fourier",
-  init_scale=0.0,
-  fourier_scale=16.0,
-  conv_size=3,
-  scale_by_sigma=True,
-  nonlinearity="swish",
-  normalization="GroupNorm",
-)
-_VE = dict(name="vesde", sigma_min=0.01, sigma_max=50.0, N=1000)
-_VP = dict(name="vpsde", beta_min=0.1, beta_max=20.0, N=1000)
-_VE_SMALL = dict(name="vesde", sigma_min=0.01, sigma_max=50.0, N=10)
-_REFINENET = dict(
-  name="ncsnv2_64",
-  nf=4,
-  normalization="InstanceNorm++",
-  nonlinearity="elu",
-  interpolation="bilinear",
-  scale_by_sigma=True,
-)
+# The shared small NCSN++ (tools/fixture_cases.py), with attention at 4x4: the 8x8 images of these
+# cases reach 4x4 after one down-sampling.
+_BASE_MODEL = {**NCSNPP, "attn_resolutions": (4,)}
 
 # name -> (model fields, sde, continuous, image size). The NCSN++ cases together cover Fourier /
 # positional embeddings, FIR / plain resampling, BigGAN / DDPM blocks, progressive none /
@@ -94,7 +62,7 @@ _REFINENET = dict(
 # or not, scale_by_sigma with sigma (continuous VE) and with level indices (discrete VE), and the
 # fused FIR up-sampling convolution (DDPM blocks with FIR) that the PyTorch port cannot run.
 CASES = {
-  "flax_ncsnpp_ve_continuous": ({**_BASE_MODEL}, _VE, True, 8),
+  "flax_ncsnpp_ve_continuous": ({**_BASE_MODEL}, VE, True, 8),
   "flax_ddpmpp_vp_continuous": (
     {
       **_BASE_MODEL,
@@ -103,7 +71,7 @@ CASES = {
       "embedding_type": "positional",
       "scale_by_sigma": False,
     },
-    _VP,
+    VP,
     True,
     8,
   ),
@@ -115,7 +83,7 @@ CASES = {
       "embedding_type": "positional",
       "scale_by_sigma": False,
     },
-    _VP,
+    VP,
     False,
     8,
   ),
@@ -128,7 +96,7 @@ CASES = {
       "conditional": False,
       "skip_rescale": False,
     },
-    _VE,
+    VE,
     True,
     8,
   ),
@@ -141,7 +109,7 @@ CASES = {
       "progressive_combine": "cat",
       "embedding_type": "positional",
     },
-    _VE,
+    VE,
     False,
     8,
   ),
@@ -160,15 +128,15 @@ CASES = {
       nonlinearity="swish",
       normalization="GroupNorm",
     ),
-    _VP,
+    VP,
     False,
     8,
   ),
   # The original's NCSNv2 and NCSN (level index input, discrete VE on 10 levels).
-  "flax_ncsnv2_ve_discrete": (dict(_REFINENET), _VE_SMALL, False, 16),
+  "flax_ncsnv2_ve_discrete": (dict(REFINENET), VE_SMALL, False, 16),
   "flax_ncsn_ve_discrete": (
-    {**_REFINENET, "name": "ncsn", "scale_by_sigma": False},
-    _VE_SMALL,
+    {**REFINENET, "name": "ncsn", "scale_by_sigma": False},
+    VE_SMALL,
     False,
     16,
   ),
@@ -297,23 +265,14 @@ def _reference_config(ml_collections, model: dict, sde: dict, continuous: bool, 
   config.data = ml_collections.ConfigDict(
     {"image_size": image_size, "num_channels": CHANNELS, "centered": False}
   )
-  m = dict(model)
-  m["sigma_min"], m["sigma_max"] = _VE["sigma_min"], _VE["sigma_max"]
-  m["beta_min"], m["beta_max"] = _VP["beta_min"], _VP["beta_max"]
-  m["num_scales"] = m["num_classes"] = sde["N"]
-  m["ema_rate"] = 0.999
+  m = fixture_cases.reference_model_fields(model, sde)
+  m["num_classes"] = sde["N"]
   config.model = ml_collections.ConfigDict(m)
   config.optim = ml_collections.ConfigDict(
     {"optimizer": "Adam", "lr": 2e-4, "beta1": 0.9, "eps": 1e-8, "weight_decay": 0.0}
   )
   config.seed = 42
   return config
-
-
-def _reference_sde(sde_lib, sde: dict):
-  if sde["name"] == "vesde":
-    return sde_lib.VESDE(sigma_min=sde["sigma_min"], sigma_max=sde["sigma_max"], N=sde["N"])
-  return sde_lib.VPSDE(beta_min=sde["beta_min"], beta_max=sde["beta_max"], N=sde["N"])
 
 
 def _randomised(tree, rng: np.random.Generator, scale: float):
@@ -366,7 +325,7 @@ def make_case(
     f.write(gzip.compress(data, compresslevel=9, mtime=0))
 
   x = jnp.asarray(host.uniform(size=(BATCH, size, size, CHANNELS)).astype(np.float32))
-  ref_sde = _reference_sde(sde_lib, sde)
+  ref_sde = fixture_cases.reference_sde(sde_lib, sde)
   if continuous:
     t = jnp.asarray([0.05, 0.4, 0.93], jnp.float32)
   else:  # times on the discrete grid, as the discrete samplers use them

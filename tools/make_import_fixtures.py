@@ -28,51 +28,12 @@ import json
 import os
 import sys
 
+import fixture_cases  # tools/, the directory of this script
 import numpy as np
+from fixture_cases import NCSNPP, REFINENET, VE, VE_SMALL, VP
 
 OUT_DIR = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "import"
-)
-
-# Small NCSN++ / DDPM++ shared by every case (each case overrides some of these). N = 1000 as in
-# the released configs: the reference indexes its sigmas with the positional label even when
-# scale_by_sigma is off, so continuous VP labels (999 t) need 1000 levels.
-_BASE_MODEL = dict(
-  name="ncsnpp",
-  nf=8,
-  ch_mult=(1, 2),
-  num_res_blocks=1,
-  attn_resolutions=(8,),
-  dropout=0.1,
-  resamp_with_conv=True,
-  conditional=True,
-  fir=True,
-  fir_kernel=(1, 3, 3, 1),
-  skip_rescale=True,
-  resblock_type="biggan",
-  progressive="none",
-  progressive_input="residual",
-  progressive_combine="sum",
-  attention_type="ddpm",
-  embedding_type="fourier",
-  init_scale=0.0,
-  fourier_scale=16.0,
-  conv_size=3,
-  scale_by_sigma=True,
-  nonlinearity="swish",
-  normalization="GroupNorm",
-)
-_VE = dict(name="vesde", sigma_min=0.01, sigma_max=50.0, N=1000)
-_VP = dict(name="vpsde", beta_min=0.1, beta_max=20.0, N=1000)
-# NCSNv2 / NCSN condition on the level index, so N = config.model.num_scales: a few levels suffice.
-_VE_SMALL = dict(name="vesde", sigma_min=0.01, sigma_max=50.0, N=10)
-_NCSNV2_MODEL = dict(
-  name="ncsnv2_64",
-  nf=4,
-  normalization="InstanceNorm++",
-  nonlinearity="elu",
-  interpolation="bilinear",
-  scale_by_sigma=True,
 )
 
 # name -> (model overrides, sde, continuous). Together they cover: Fourier / positional embedding,
@@ -81,11 +42,11 @@ _NCSNV2_MODEL = dict(
 # scale_by_sigma with Fourier (sigma = c_noise) and with level indices (discrete VE).
 CASES = {
   # NCSN++ (cont.), VE: FIR, BigGAN, residual input pyramid, Fourier, scale_by_sigma.
-  "ncsnpp_ve_continuous": (dict(), _VE, True),
+  "ncsnpp_ve_continuous": (dict(), VE, True),
   # DDPM++ (cont.), VP: plain resampling, BigGAN, no pyramids, positional.
   "ddpmpp_vp_continuous": (
     dict(fir=False, progressive_input="none", embedding_type="positional", scale_by_sigma=False),
-    _VP,
+    VP,
     True,
   ),
   # Output skip + input skip (sum), FIR, DDPM-discrete VP.
@@ -96,7 +57,7 @@ CASES = {
       embedding_type="positional",
       scale_by_sigma=False,
     ),
-    _VP,
+    VP,
     False,
   ),
   # Residual output pyramid, DDPM blocks with plain resampling, no conditioning, continuous VE
@@ -110,7 +71,7 @@ CASES = {
       conditional=False,
       skip_rescale=False,
     ),
-    _VE,
+    VE,
     True,
   ),
   # Discrete VE: positional embedding of the level index, scale_by_sigma by the level's sigma,
@@ -123,7 +84,7 @@ CASES = {
       progressive_combine="cat",
       embedding_type="positional",
     ),
-    _VE,
+    VE,
     False,
   ),
   # DDPM (Ho et al. 2020) U-Net, discrete VP; its GroupNorms have 32 groups, so nf = 32.
@@ -141,16 +102,16 @@ CASES = {
       nonlinearity="swish",
       normalization="GroupNorm",
     ),
-    _VP,
+    VP,
     False,
   ),
   # NCSNv2 (RefineNet, InstanceNorm++, output / sigma_i), discrete VE on 10 levels: the network
   # gets the integer level index. 16x16: one halving, then the two dilated stages at 8x8.
-  "ncsnv2_ve_discrete": (_NCSNV2_MODEL, _VE_SMALL, False),
+  "ncsnv2_ve_discrete": (REFINENET, VE_SMALL, False),
   # NCSN (v1): conditional InstanceNorm++ everywhere, average pooling, no division by sigma.
   "ncsn_ve_discrete": (
-    {**_NCSNV2_MODEL, "name": "ncsn", "scale_by_sigma": False},
-    _VE_SMALL,
+    {**REFINENET, "name": "ncsn", "scale_by_sigma": False},
+    VE_SMALL,
     False,
   ),
 }
@@ -256,25 +217,14 @@ def _reference_config(ml_collections, model: dict, sde: dict, continuous: bool):
   config.data = ml_collections.ConfigDict(
     {"image_size": IMAGE_SIZE, "num_channels": CHANNELS, "channels": CHANNELS, "centered": False}
   )
-  m = dict(model)
-  m["sigma_min"], m["sigma_max"] = _VE["sigma_min"], _VE["sigma_max"]
-  m["beta_min"], m["beta_max"] = _VP["beta_min"], _VP["beta_max"]
-  m["num_scales"] = sde["N"]
-  m["ema_rate"] = 0.999
-  config.model = ml_collections.ConfigDict(m)
+  config.model = ml_collections.ConfigDict(fixture_cases.reference_model_fields(model, sde))
   config.device = "cpu"
   return config
 
 
-def _reference_sde(sde_lib, sde: dict):
-  if sde["name"] == "vesde":
-    return sde_lib.VESDE(sigma_min=sde["sigma_min"], sigma_max=sde["sigma_max"], N=sde["N"])
-  return sde_lib.VPSDE(beta_min=sde["beta_min"], beta_max=sde["beta_max"], N=sde["N"])
-
-
 def make_case(refs, name: str, overrides: dict, sde: dict, continuous: bool, seed: int) -> None:
   torch, ml_collections, sde_lib, mutils, EMA = refs
-  base = _BASE_MODEL if overrides.get("name", "ncsnpp") == "ncsnpp" else {}
+  base = NCSNPP if overrides.get("name", "ncsnpp") == "ncsnpp" else {}
   model_fields = {**base, **overrides}
   config = _reference_config(ml_collections, model_fields, sde, continuous)
   torch.manual_seed(seed)
@@ -303,7 +253,7 @@ def make_case(refs, name: str, overrides: dict, sde: dict, continuous: bool, see
 
   gen = torch.Generator().manual_seed(100 + seed)
   x = torch.rand(BATCH, CHANNELS, IMAGE_SIZE, IMAGE_SIZE, generator=gen)
-  ref_sde = _reference_sde(sde_lib, sde)
+  ref_sde = fixture_cases.reference_sde(sde_lib, sde)
   if continuous:
     t = torch.tensor([0.05, 0.4, 0.93])
   else:  # times on the discrete grid, as the discrete samplers use them
@@ -358,7 +308,7 @@ def write_layouts(refs, path: str) -> None:
   for name, size in (("ncsnv2_128", 128), ("ncsnv2_256", 256)):
     IMAGE_SIZE = size
     config = _reference_config(
-      ml_collections, {**_NCSNV2_MODEL, "name": name, "nf": 2}, _VE_SMALL, False
+      ml_collections, {**REFINENET, "name": name, "nf": 2}, VE_SMALL, False
     )
     net = mutils.create_model(config)
     layouts[name] = {
